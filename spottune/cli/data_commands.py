@@ -1,0 +1,5 @@
+"""Placeholder until this part of the command line is written."""
+
+import typer
+
+data_app = typer.Typer()
