@@ -1,10 +1,143 @@
-"""Placeholder until this part of the command line is written."""
+"""`spottune serve`, `spottune worker` and the operator commands `spottune admin ...`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import typer
 
+logger = logging.getLogger(__name__)
+
+admin_app = typer.Typer(no_args_is_help=True)
+
+WORKER_STOP_GRACE_S = 10.0  # warm shutdown first: a job in flight is re-queued if cut short
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("serve")(serve)
+    app.command("worker")(worker)
 
 
-admin_app = typer.Typer()
+def _alembic_ini() -> Path:
+    """alembic.ini of a source checkout, else of the current directory (the Docker image)."""
+    beside_package = Path(__file__).resolve().parents[2] / "alembic.ini"
+    return beside_package if beside_package.is_file() else Path.cwd() / "alembic.ini"
+
+
+def migrate() -> None:
+    """`alembic upgrade head` on the configured database."""
+    from alembic import command
+    from alembic.config import Config
+
+    ini = _alembic_ini()
+    if not ini.is_file():
+        raise typer.BadParameter(f"alembic.ini not found ({ini}); run from the project directory")
+    config = Config(str(ini))
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+
+
+def worker_argv(queue: str, concurrency: int, pool: str, loglevel: str) -> list[str]:
+    """Arguments of ``celery worker`` for this deployment's broker."""
+    from spottune.app.settings import get_settings
+
+    argv = ["worker", "-Q", queue, "-c", str(concurrency), "-P", pool, "--loglevel", loglevel]
+    if get_settings().broker_url.startswith("filesystem://"):
+        # No broadcast on the filesystem broker: skip the cluster chatter that needs it.
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return argv
+
+
+def worker(
+    queue: str = typer.Option("gpu", help="Queue to consume."),
+    concurrency: int = typer.Option(1, min=1, help="Jobs run at once (one per GPU)."),
+    pool: str = typer.Option("prefork", help="Celery pool: prefork, solo or threads."),
+    loglevel: str = typer.Option("INFO", help="Log level of the worker."),
+) -> None:
+    """Start a Celery worker for jobs, with the reconciler thread."""
+    from spottune.worker.celery_app import app as celery_app
+
+    celery_app.worker_main(worker_argv(queue, concurrency, pool, loglevel))
+
+
+def _start_worker() -> subprocess.Popen[bytes]:
+    # Its own session: Ctrl-C reaches `serve`, which then stops the worker in order.
+    return subprocess.Popen(
+        [sys.executable, "-m", "spottune.cli.main", "worker"], start_new_session=True
+    )
+
+
+def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)  # warm shutdown
+    try:
+        proc.wait(WORKER_STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        logger.warning("worker still busy after %.0f s; stopping it", WORKER_STOP_GRACE_S)
+        proc.send_signal(signal.SIGQUIT)  # cold shutdown: unacknowledged messages go back
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    with_worker: bool = typer.Option(True, "--worker/--no-worker", help="Also run a worker."),
+    data_dir: Path | None = typer.Option(None, help="Data folder (default: SPOTTUNE_DATA_DIR)."),
+) -> None:
+    """Run the API (and a worker): SQLite + a filesystem broker unless configured otherwise."""
+    import uvicorn
+
+    if data_dir is not None:  # passed on to the worker process through its environment
+        os.environ["SPOTTUNE_DATA_DIR"] = str(data_dir.resolve())
+    from spottune.app.settings import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("database %s, broker %s", settings.database_url, settings.broker_url)
+    migrate()
+    proc = _start_worker() if with_worker else None
+    try:
+        uvicorn.run("spottune.app.main:create_app", factory=True, host=host, port=port)
+    finally:
+        if proc is not None:
+            _stop_worker(proc)
+
+
+@admin_app.command("create-clinic")
+def create_clinic(name: str = typer.Argument(..., help="Unique clinic name.")) -> None:
+    """Create a clinic and print its API key (shown once; only a hash is stored)."""
+    from spottune.app import admin
+
+    try:
+        created = admin.create_clinic(name)
+    except admin.AdminError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"clinic {created.name} ({created.clinic_id})", err=True)
+    typer.echo("API key (shown once; only its hash is stored):", err=True)
+    typer.echo(created.key)
+
+
+@admin_app.command("revoke-key")
+def revoke_key(key_or_prefix: str = typer.Argument(..., help="The key or its first 12 chars.")
+               ) -> None:
+    """Revoke an API key: requests with it answer 401 from now on."""
+    from spottune.app import admin
+
+    try:
+        count = admin.revoke_key(key_or_prefix)
+    except admin.AdminError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"revoked {count} key(s)")

@@ -1,0 +1,30 @@
+# One image for every service: api, worker and migrate differ only by their command.
+# GPU hosts: build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124
+FROM python:3.11-slim AS base
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    SPOTTUNE_DATA_DIR=/var/lib/spottune
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends curl \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+# torch first and alone: the largest layer, cached across code changes.
+RUN pip install --index-url "${TORCH_INDEX}" "torch==2.13.0"
+COPY pyproject.toml README.md ./
+COPY spottune ./spottune
+# flower: the optional monitoring service of docker-compose.yml uses this image too
+RUN pip install . "flower>=2.0"
+COPY alembic.ini ./
+COPY migrations ./migrations
+
+RUN useradd --system --create-home --uid 10001 spottune \
+    && mkdir -p /var/lib/spottune && chown spottune /var/lib/spottune
+USER spottune
+
+EXPOSE 8000
+CMD ["uvicorn", "spottune.app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,64 @@
+"""Dependencies shared by the routes, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from spottune.app.errors import Unauthorized
+from spottune.app.models import Clinic
+from spottune.app.repositories import clinics as clinic_repo
+from spottune.app.security import PREFIX_CHARS, key_matches, looks_like_key
+from spottune.app.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="API key from `spottune admin create-clinic`")
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session_factory_dep(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory_dep)]
+
+
+def get_session(factory: SessionFactoryDep) -> Iterator[Session]:
+    """One session per request; routes commit explicitly, anything uncommitted is rolled back."""
+    with factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_current_clinic(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Clinic:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing API key: send the header 'Authorization: Bearer <api key>'")
+    key = credentials.credentials.strip()
+    if not looks_like_key(key):
+        raise Unauthorized(
+            "malformed API key: use the key printed by 'spottune admin create-clinic'"
+        )
+    match = None
+    for api_key, clinic in clinic_repo.keys_with_prefix(session, key[:PREFIX_CHARS]):
+        if key_matches(key, api_key.key_hash):
+            match = clinic
+    if match is None:
+        raise Unauthorized("unknown or revoked API key: ask the operator for a new key")
+    return match
+
+
+CurrentClinic = Annotated[Clinic, Depends(get_current_clinic)]

@@ -1,0 +1,64 @@
+"""ORM rows -> response bodies (the few fields that are computed or joined)."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from spottune.app.models import Blob, Job, Model, Scan
+from spottune.app.schemas.jobs import JobOut, ProgressOut
+from spottune.app.schemas.models import ModelOut
+from spottune.app.schemas.scans import ScanOut
+
+
+def model_out(session: Session, model: Model) -> ModelOut:
+    blob = session.get(Blob, model.weights_blob_id)
+    return ModelOut(
+        id=model.id,
+        name=model.name,
+        config=model.config,
+        size_bytes=model.size_bytes,
+        sha256=blob.sha256 if blob else "",
+        parent_model_id=model.parent_model_id,
+        job_id=model.job_id,
+        method=model.method,
+        created_at=model.created_at,
+    )
+
+
+def scan_out(session: Session, scan: Scan) -> ScanOut:
+    sizes = [session.get(Blob, b) for b in (scan.image_blob_id, scan.mask_blob_id) if b]
+    return ScanOut(
+        id=scan.id,
+        site=scan.site,
+        subject=scan.subject,
+        shape=scan.shape,
+        spacing=scan.spacing,
+        orientation=scan.orientation,
+        sha256=scan.sha256,
+        size_bytes=sum(b.size for b in sizes if b is not None),
+        has_mask=scan.mask_blob_id is not None,
+        annotated_slices=scan.annotated_slices,
+        created_at=scan.created_at,
+    )
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        params=job.params,
+        progress=ProgressOut(
+            step=job.progress_step,
+            total=job.progress_total,
+            loss=job.loss,
+            eta_seconds=job.eta_seconds,
+        ),
+        attempts=job.attempts,
+        cancel_requested=job.cancel_requested,
+        error=job.error,
+        result=job.result,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )

@@ -1,0 +1,179 @@
+"""/v1/adaptations, /v1/segmentations, /v1/pretrainings and /v1/jobs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import StreamingResponse
+
+from spottune.app.api.deps import CurrentClinic, SessionDep, SessionFactoryDep, SettingsDep
+from spottune.app.api.downloads import blob_response
+from spottune.app.api.presenters import job_out
+from spottune.app.errors import NotFound
+from spottune.app.models import Job, JobKind, JobStatus
+from spottune.app.repositories import jobs as job_repo
+from spottune.app.schemas.common import ERROR_RESPONSES, LimitQuery, OffsetQuery, Page
+from spottune.app.schemas.jobs import (
+    AdaptationRequest,
+    JobOut,
+    MaskOut,
+    PolicyOut,
+    PretrainingRequest,
+    SegmentationRequest,
+)
+from spottune.app.services import jobs as service
+
+router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
+_ACCEPTED = {"status_code": status.HTTP_202_ACCEPTED, "response_model": JobOut}
+
+
+def _accepted(response: Response, session: SessionDep, job: Job) -> JobOut:
+    session.commit()  # the task is sent only after this commit (see tasks.enqueue_after_commit)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_out(job)
+
+
+@router.post("/v1/adaptations", **_ACCEPTED)  # type: ignore[arg-type]
+def create_adaptation(
+    body: AdaptationRequest,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    clinic: CurrentClinic,
+) -> JobOut:
+    """Adapt a model to the clinic's scanner from a few annotated scans."""
+    return _accepted(
+        response, session, service.create_adaptation(session, settings, clinic.id, body)
+    )
+
+
+@router.post("/v1/segmentations", **_ACCEPTED)  # type: ignore[arg-type]
+def create_segmentation(
+    body: SegmentationRequest,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    clinic: CurrentClinic,
+) -> JobOut:
+    """Segment scans with a model (inference only)."""
+    return _accepted(
+        response, session, service.create_segmentation(session, settings, clinic.id, body)
+    )
+
+
+@router.post("/v1/pretrainings", **_ACCEPTED)  # type: ignore[arg-type]
+def create_pretraining(
+    body: PretrainingRequest,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    clinic: CurrentClinic,
+) -> JobOut:
+    """Train a source model from annotated scans."""
+    return _accepted(
+        response, session, service.create_pretraining(session, settings, clinic.id, body)
+    )
+
+
+@router.get("/v1/jobs", response_model=Page[JobOut])
+def list_jobs(
+    session: SessionDep,
+    clinic: CurrentClinic,
+    limit: LimitQuery = 50,
+    offset: OffsetQuery = 0,
+    status: Annotated[JobStatus | None, Query()] = None,
+    kind: Annotated[JobKind | None, Query()] = None,
+) -> Page[JobOut]:
+    items, total = job_repo.page(session, clinic.id, limit, offset, status=status, kind=kind)
+    return Page(items=[job_out(j) for j in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: uuid.UUID, session: SessionDep, clinic: CurrentClinic) -> JobOut:
+    return job_out(service.get_job(session, clinic.id, job_id))
+
+
+@router.post(
+    "/v1/jobs/{job_id}/cancel",
+    response_model=JobOut,
+    responses={409: {"description": "the job already finished"}},
+)
+def cancel_job(
+    job_id: uuid.UUID, response: Response, session: SessionDep, clinic: CurrentClinic
+) -> JobOut:
+    """Queued: cancelled at once (200). Running: the worker stops within seconds (202)."""
+    job = service.cancel_job(session, clinic.id, job_id)
+    session.commit()
+    if not job.status.terminal:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return job_out(job)
+
+
+@router.get("/v1/jobs/{job_id}/policy", response_model=PolicyOut)
+def get_policy(job_id: uuid.UUID, session: SessionDep, clinic: CurrentClinic) -> PolicyOut:
+    """Per-gate fine-tune probability, gate names and stages, lambda and method."""
+    job = service.get_job(session, clinic.id, job_id)
+    policy = job_repo.policy(session, job.id)
+    if policy is None:
+        raise NotFound(
+            f"job {job_id} has no policy yet; it exists once a spottune adaptation succeeds",
+            code="policy_not_ready",
+        )
+    return PolicyOut(job_id=job.id, policy=policy.data)
+
+
+def _report(session: SessionDep, clinic: CurrentClinic, job_id: uuid.UUID) -> tuple[Job, object]:
+    job = service.get_job(session, clinic.id, job_id)
+    report = job_repo.report(session, job.id)
+    if report is None:
+        raise NotFound(
+            f"job {job_id} has no report yet; poll GET /v1/jobs/{job_id} until it succeeds",
+            code="report_not_ready",
+        )
+    return job, report
+
+
+@router.get("/v1/jobs/{job_id}/report", response_class=StreamingResponse)
+def get_report(
+    job_id: uuid.UUID, session: SessionDep, factory: SessionFactoryDep, clinic: CurrentClinic
+) -> StreamingResponse:
+    """Self-contained HTML report (policy chart, training curve, metrics, overlays)."""
+    job, report = _report(session, clinic, job_id)
+    return blob_response(
+        session,
+        factory,
+        report.html_blob_id,  # type: ignore[attr-defined]
+        f"report-{job.id}.html",
+        "text/html; charset=utf-8",
+        inline=True,
+    )
+
+
+@router.get("/v1/jobs/{job_id}/report.png", response_class=StreamingResponse)
+def get_report_png(
+    job_id: uuid.UUID, session: SessionDep, factory: SessionFactoryDep, clinic: CurrentClinic
+) -> StreamingResponse:
+    """The policy chart alone (PNG)."""
+    job, report = _report(session, clinic, job_id)
+    png = report.png_blob_id  # type: ignore[attr-defined]
+    if png is None:
+        raise NotFound(f"job {job_id} has no policy chart", code="report_not_ready")
+    return blob_response(session, factory, png, f"policy-{job.id}.png", "image/png", inline=True)
+
+
+@router.get("/v1/jobs/{job_id}/masks", response_model=Page[MaskOut])
+def list_job_masks(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    clinic: CurrentClinic,
+    limit: LimitQuery = 50,
+    offset: OffsetQuery = 0,
+) -> Page[MaskOut]:
+    """The masks the job produced, one per scan (download each with GET /v1/masks/{id})."""
+    job = service.get_job(session, clinic.id, job_id)
+    items, total = job_repo.masks_page(session, job.id, limit, offset)
+    return Page(
+        items=[MaskOut.model_validate(m) for m in items], total=total, limit=limit, offset=offset
+    )

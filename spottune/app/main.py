@@ -1,0 +1,39 @@
+"""The FastAPI application.
+
+Run with ``uvicorn spottune.app.main:create_app --factory``.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+
+from spottune.app.api.routes import health, jobs, masks, models, scans
+from spottune.app.db import get_session_factory
+from spottune.app.errors import install_error_handlers
+from spottune.app.settings import Settings, get_settings
+from spottune.app.uploads import MULTIPART_SLACK, BodyLimitMiddleware
+
+DESCRIPTION = (
+    "Few-shot adaptation of brain-MRI segmentation models to a clinic's scanner. "
+    "Authenticate with `Authorization: Bearer <api key>`; errors answer "
+    '`{"error": {"code": ..., "message": ...}}`.'
+)
+
+
+def create_app(
+    settings: Settings | None = None, session_factory: sessionmaker[Session] | None = None
+) -> FastAPI:
+    """Build the API for ``settings`` (default: the environment's) and a session factory."""
+    settings = settings or get_settings()
+    app = FastAPI(title="spottune", version="1", description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.session_factory = session_factory or get_session_factory(settings)
+    install_error_handlers(app)
+    # Image and mask may each reach max_upload_bytes; the rest of a request is small.
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=2 * settings.max_upload_bytes + MULTIPART_SLACK
+    )
+    for router in (health.router, models.router, scans.router, jobs.router, masks.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,81 @@
+"""Queries on jobs and what they produced (masks, policies, reports, metrics)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from spottune.app.models import (
+    ACTIVE_STATUSES,
+    Job,
+    JobKind,
+    JobStatus,
+    Mask,
+    Metric,
+    Policy,
+    Report,
+)
+from spottune.app.repositories.common import get_owned, paginate
+
+
+def get(session: Session, clinic_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
+    return get_owned(session, Job, clinic_id, job_id)
+
+
+def get_for_update(session: Session, clinic_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
+    stmt = select(Job).where(Job.id == job_id, Job.clinic_id == clinic_id).with_for_update()
+    return session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
+
+
+def page(
+    session: Session,
+    clinic_id: uuid.UUID,
+    limit: int,
+    offset: int,
+    *,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+) -> tuple[list[Job], int]:
+    stmt = select(Job).where(Job.clinic_id == clinic_id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    if kind is not None:
+        stmt = stmt.where(Job.kind == kind)
+    return paginate(session, stmt.order_by(Job.created_at.desc(), Job.id), limit, offset)
+
+
+def count_active(session: Session, clinic_id: uuid.UUID) -> int:
+    stmt = select(func.count()).where(Job.clinic_id == clinic_id, Job.status.in_(ACTIVE_STATUSES))
+    return int(session.scalar(stmt) or 0)
+
+
+def active_jobs(session: Session, clinic_id: uuid.UUID) -> list[Job]:
+    """Queued and running jobs (few: bounded by the per-clinic concurrency limit)."""
+    stmt = select(Job).where(Job.clinic_id == clinic_id, Job.status.in_(ACTIVE_STATUSES))
+    return list(session.scalars(stmt))
+
+
+def masks_page(
+    session: Session, job_id: uuid.UUID, limit: int, offset: int
+) -> tuple[list[Mask], int]:
+    stmt = select(Mask).where(Mask.job_id == job_id).order_by(Mask.created_at, Mask.id)
+    return paginate(session, stmt, limit, offset)
+
+
+def mask(session: Session, clinic_id: uuid.UUID, mask_id: uuid.UUID) -> Mask | None:
+    return get_owned(session, Mask, clinic_id, mask_id)
+
+
+def policy(session: Session, job_id: uuid.UUID) -> Policy | None:
+    return session.get(Policy, job_id)
+
+
+def report(session: Session, job_id: uuid.UUID) -> Report | None:
+    return session.get(Report, job_id)
+
+
+def metrics(session: Session, job_id: uuid.UUID) -> list[Metric]:
+    stmt = select(Metric).where(Metric.job_id == job_id).order_by(Metric.scan_id, Metric.phase)
+    return list(session.scalars(stmt))

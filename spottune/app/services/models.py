@@ -1,0 +1,130 @@
+"""Model uploads (config + safetensors weights, validated before storing) and deletion."""
+
+from __future__ import annotations
+
+import json
+import struct
+import tempfile
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy.orm import Session
+
+from spottune.app import blobs
+from spottune.app.errors import Conflict, Invalid, NotFound
+from spottune.app.models import Model
+from spottune.app.repositories import jobs as job_repo
+from spottune.app.repositories import models as model_repo
+from spottune.app.services.quota import check_storage
+from spottune.app.settings import Settings
+from spottune.app.uploads import spool
+
+WEIGHTS_CONTENT_TYPE = "application/vnd.safetensors"
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit for the JSON header
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ and torch's zip checkpoints
+
+
+def parse_config(text: str | bytes) -> dict[str, object]:
+    """Validate a model config JSON; returns the normalised config (422 naming the field)."""
+    from spottune.ml.config import ConfigError, ModelConfig
+
+    if len(text) > MAX_CONFIG_BYTES:
+        raise Invalid(f"config exceeds {MAX_CONFIG_BYTES} bytes", code="invalid_config")
+    try:
+        config = ModelConfig.from_json(text)
+    except ConfigError as exc:
+        raise Invalid(str(exc), code="invalid_config") from None
+    return config.model_dump(mode="json")
+
+
+def check_safetensors_header(data: bytes) -> None:
+    """Refuse anything that is not a safetensors file (pickles first, with a clear message)."""
+    if data.startswith(_PICKLE_MAGIC):
+        raise Invalid(
+            "weights: pickled checkpoints (.pt/.pth/.pkl) are refused for safety; "
+            "save the weights as .safetensors (safetensors.torch.save_file)",
+            code="invalid_weights",
+        )
+    ok = len(data) >= 10
+    if ok:
+        (header_len,) = struct.unpack("<Q", data[:8])
+        ok = 2 <= header_len <= min(MAX_HEADER_BYTES, len(data) - 8)
+        if ok:
+            try:
+                ok = isinstance(json.loads(data[8 : 8 + header_len]), dict)
+            except ValueError:
+                ok = False
+    if not ok:
+        raise Invalid(
+            "weights: not a valid .safetensors file; save the weights with "
+            "safetensors.torch.save_file",
+            code="invalid_weights",
+        )
+
+
+def create_model(
+    session: Session,
+    settings: Settings,
+    clinic_id: uuid.UUID,
+    *,
+    weights: BinaryIO,
+    config_text: str | bytes,
+    name: str | None,
+) -> Model:
+    """Validate config and weights (network built on the meta device), then store."""
+    from spottune.ml.checkpoint import CheckpointError, validate_weights
+    from spottune.ml.config import ModelConfig
+
+    if name is not None and not 1 <= len(name.strip()) <= 200:
+        raise Invalid("name: give 1 to 200 characters", code="invalid_name")
+    config = parse_config(config_text)
+    with tempfile.TemporaryDirectory(prefix="spottune-upload-") as tmp:
+        path = Path(tmp) / "weights.safetensors"
+        size = spool(weights, path, settings.max_upload_bytes, "weights")
+        data = path.read_bytes()
+    check_safetensors_header(data)
+    try:
+        validate_weights(data, ModelConfig.model_validate(config))
+    except CheckpointError as exc:
+        raise Invalid(f"weights do not match the config: {exc}", code="invalid_weights") from None
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise Invalid(
+            f"weights: cannot be read as safetensors ({exc})", code="invalid_weights"
+        ) from None
+    check_storage(session, settings, clinic_id, size)
+    blob = blobs.write_blob(session, clinic_id, data, WEIGHTS_CONTENT_TYPE)
+    model = Model(
+        id=uuid.uuid4(),
+        clinic_id=clinic_id,
+        name=(name or "model").strip(),
+        config=config,
+        weights_blob_id=blob.id,
+        size_bytes=size,
+    )
+    session.add(model)
+    session.flush()
+    return model
+
+
+def get_model(session: Session, clinic_id: uuid.UUID, model_id: uuid.UUID) -> Model:
+    model = model_repo.get(session, clinic_id, model_id)
+    if model is None:
+        raise NotFound(f"model {model_id} not found; list your models with GET /v1/models")
+    return model
+
+
+def delete_model(session: Session, clinic_id: uuid.UUID, model_id: uuid.UUID) -> None:
+    model = get_model(session, clinic_id, model_id)
+    for job in job_repo.active_jobs(session, clinic_id):
+        if job.params.get("model_id") == str(model_id):
+            raise Conflict(
+                f"model {model_id} is used by {job.status.value} job {job.id}; "
+                "cancel the job or wait for it to finish",
+                code="model_in_use",
+            )
+    blob_id = model.weights_blob_id
+    session.delete(model)
+    session.flush()
+    blobs.delete_blob(session, blob_id)

@@ -1,0 +1,93 @@
+"""Service settings: one typed class, read from the environment once (prefix ``SPOTTUNE_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from platformdirs import user_data_dir
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024**2
+GIB = 1024**3
+_DEFAULT_PASSWORDS = ("changethis", "password", "secret")
+
+
+def _default_data_dir() -> Path:
+    return Path(user_data_dir("spottune", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Everything the API and the workers need; nothing else reads ``os.environ``."""
+
+    model_config = SettingsConfigDict(env_prefix="SPOTTUNE_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str = ""  # empty -> sqlite:///{data_dir}/spottune.db
+    broker_url: str = "filesystem://"
+    max_upload_bytes: int = Field(default=512 * MIB, gt=0)
+    max_voxels: int = Field(default=512**3, gt=0)
+    clinic_max_concurrent_jobs: int = Field(default=4, ge=1)
+    clinic_max_stored_bytes: int = Field(default=20 * GIB, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
+    heartbeat_timeout_s: float = Field(default=120.0, gt=0)
+    reconcile_interval_s: float = Field(default=15.0, gt=0)
+    visibility_timeout_s: int = Field(default=6 * 3600, gt=0)
+    broker_send_timeout_s: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'spottune.db'}"
+        if self.database_url.startswith("postgresql://"):
+            self.database_url = "postgresql+psycopg://" + self.database_url[len("postgresql://") :]
+        if self.environment == "production":
+            if self.is_sqlite:
+                raise ValueError(
+                    "production refuses the SQLite default: set SPOTTUNE_DATABASE_URL to Postgres"
+                )
+            if self.broker_url.startswith("filesystem://"):
+                raise ValueError(
+                    "production refuses the filesystem broker: set SPOTTUNE_BROKER_URL to Redis"
+                )
+            if any(f":{p}@" in self.database_url for p in _DEFAULT_PASSWORDS):
+                raise ValueError("production refuses a default database password: change it")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of the embedded ``filesystem://`` broker (API and workers must share it)."""
+        return self.data_dir / "broker"
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        """Kombu transport options shared by the API client and the workers."""
+        if self.broker_url.startswith("filesystem://"):
+            # Producers write data_folder_out, consumers read data_folder_in: one folder.
+            queue_dir = self.broker_dir / "out"
+            processed = self.broker_dir / "processed"
+            for folder in (self.broker_dir / "in", queue_dir, processed):
+                folder.mkdir(parents=True, exist_ok=True)
+            return {
+                "data_folder_in": str(queue_dir),
+                "data_folder_out": str(queue_dir),
+                "data_folder_processed": str(processed),
+                "store_processed": False,
+            }
+        return {
+            "visibility_timeout": self.visibility_timeout_s,
+            "socket_connect_timeout": self.broker_send_timeout_s,
+            "socket_timeout": max(self.broker_send_timeout_s, 5.0),
+        }
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, built once."""
+    return Settings()

@@ -1,0 +1,165 @@
+"""Whole-volume segmentation with a 2D slice model.
+
+Speed on CPU comes from: cropping the slice stack to the head's bounding box (background costs as
+much as brain), batching slices, channels-last tensors, inference mode and, optionally, BF16
+autocast. Probabilities are put back on the input's voxel grid before thresholding so the mask is
+as smooth as the in-plane resampling allows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from spottune.ml.config import Preprocessing
+from spottune.ml.volumes import Volume, prepare_volume, restore_to_grid
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+HEAD_THRESHOLD = 0.05  # scaled intensity above which a voxel counts as head, not air
+HEAD_MARGIN = 8  # pixels (and slices) kept around the head's bounding box
+_MIN_SHARE = 0.002  # rows/columns with fewer head voxels than this share are noise, not head
+
+
+def required_multiple(model: nn.Module) -> int:
+    """The factor H and W must be multiples of: 2**depth of the (possibly wrapped) U-Net."""
+    for candidate in (model, getattr(model, "base", None)):
+        depth = getattr(candidate, "depth", None)
+        if isinstance(depth, int):
+            return int(2**depth)
+    raise ValueError("cannot tell the model's depth; pass `multiple` explicitly")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _extent(counts: np.ndarray, margin: int) -> slice | None:
+    """Index range where `counts` exceeds a small share of its peak, widened by `margin`."""
+    keep = np.flatnonzero(counts > max(0.0, _MIN_SHARE * counts.max()))
+    if keep.size == 0:
+        return None
+    return slice(max(0, int(keep[0]) - margin), min(counts.size, int(keep[-1]) + 1 + margin))
+
+
+def head_bounding_box(
+    image: np.ndarray, threshold: float = HEAD_THRESHOLD, margin: int = HEAD_MARGIN
+) -> tuple[slice, slice, slice] | None:
+    """Bounding box of the head in a prepared stack [S, H, W] (intensities in [0, 1]), or None.
+
+    Scattered noise voxels are ignored: a row, column or slice counts only if it holds more than
+    a small share of the busiest one's head voxels.
+    """
+    head = image > threshold
+    if not head.any():
+        return None
+    boxes = [_extent(head.sum(axis=other), margin) for other in ((1, 2), (0, 2), (0, 1))]
+    if any(box is None for box in boxes):
+        return None
+    s, h, w = boxes
+    assert s is not None and h is not None and w is not None
+    return (s, h, w)
+
+
+@torch.inference_mode()
+def predict_slices(
+    model: nn.Module,
+    slices: np.ndarray,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    *,
+    multiple: int | None = None,
+    bf16: bool = False,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Foreground probability for every pixel of a slice stack.
+
+    Args:
+        model: network mapping [B, 1, H, W] to logits [B, 1, H, W].
+        slices: float32 [S, H, W] prepared slices.
+        batch_size: slices per forward pass.
+        device: where to run; defaults to the model's device.
+        multiple: pad H, W up to a multiple of this; defaults to 2**model.depth.
+        bf16: run under BF16 autocast (CPU AVX-512 BF16 / CUDA); faster, slightly less exact.
+        progress: called with (slices done, total slices) after each batch.
+
+    Returns:
+        float32 [S, H, W] probabilities.
+    """
+    if slices.ndim != 3:
+        raise ValueError(f"expected slices [S, H, W], got {slices.shape}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    multiple = multiple or required_multiple(model)
+    n, height, width = slices.shape
+    pad_h, pad_w = -height % multiple, -width % multiple
+    out = np.empty(slices.shape, dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    source = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
+    try:
+        for start in range(0, n, batch_size):
+            x = source[start : start + batch_size].unsqueeze(1).to(device)
+            x = F.pad(x, (0, pad_w, 0, pad_h)).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            prob = torch.sigmoid(logits.float())[:, 0, :height, :width]
+            out[start : start + prob.shape[0]] = prob.cpu().numpy()
+            if progress is not None:
+                progress(min(start + batch_size, n), n)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 6-connected foreground component of a 3D binary mask."""
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask.astype(np.uint8)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return (labels == int(sizes.argmax())).astype(np.uint8)
+
+
+def segment_volume(
+    model: nn.Module,
+    volume: Volume,
+    prep: Preprocessing,
+    *,
+    batch_size: int = 32,
+    largest_component: bool = True,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+    bf16: bool = False,
+    crop: bool = True,
+    multiple: int | None = None,
+) -> np.ndarray:
+    """Segment a whole volume; returns a uint8 mask [X, Y, Z] on the volume's own voxel grid.
+
+    Slices outside the head's bounding box (when `crop`) are background without running the
+    model. `progress(done, total)` counts slices.
+    """
+    prepared = prepare_volume(volume, prep)
+    probs = np.zeros(prepared.image.shape, dtype=np.float32)
+    box = head_bounding_box(prepared.image) if crop else (slice(None),) * 3
+    if box is None:
+        logger.warning("no head found in the volume; returning an empty mask")
+        if progress is not None:
+            progress(0, 0)
+    else:
+        logger.debug("inference on %s of %s", prepared.image[box].shape, prepared.image.shape)
+        probs[box] = predict_slices(
+            model, prepared.image[box], batch_size, device,
+            multiple=multiple, bf16=bf16, progress=progress,
+        )
+    mask = (restore_to_grid(prepared, probs) >= 0.5).astype(np.uint8)
+    return keep_largest_component(mask) if largest_component and mask.any() else mask

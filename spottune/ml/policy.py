@@ -1,0 +1,103 @@
+"""SpotTUnet policies: who decides, per gate, between the frozen and the trainable twin.
+
+A policy maps the input batch to logits [B', n_gates, 2] (index 0 = frozen twin, 1 = trainable
+twin); B' is B for the per-slice agent and 1 for the global policy. `sample_gates` turns logits into
+hard decisions: straight-through Gumbel-softmax while training, argmax (no noise) in eval mode.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PolicyKind = Literal["instance", "global"]
+FROZEN, TRAINABLE = 0, 1  # positions in the last axis of policy logits
+
+AGENT_INPUT_SIZE = 64
+"""Slices larger than this (pixels, either side) reach the agent average-pooled to 64x64: the
+decision depends on global contrast and anatomy, not on fine detail, and this keeps the agent at
+about a tenth of the cost of a U-Net step on 128x128 slices (less on larger ones). The agent ends
+in a global average pool, so it accepts any input size."""
+
+
+class _AgentBlock(nn.Module):
+    """Basic residual block, stride 2, channels doubled; parameter-free shortcut (avg-pool + zero
+    channels) as in the SpotTune agent. [B, C, H, W] -> [B, 2C, H/2, W/2]."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.pad_channels = out_channels - in_channels
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = F.pad(F.avg_pool2d(x, 2), (0, 0, 0, 0, 0, self.pad_channels))
+        h = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(shortcut + self.norm2(self.conv2(h)))
+
+
+class InstancePolicy(nn.Module):
+    """The paper's agent: a small ResNet deciding per slice.
+
+    conv 3x3 C->32, three basic blocks 64/128/256 (stride 2), global average pool, linear to
+    2 * n_gates. Large inputs are first average-pooled (see AGENT_INPUT_SIZE).
+    forward(x [B, C, H, W]) -> logits [B, n_gates, 2].
+    """
+
+    def __init__(self, n_gates: int, in_channels: int = 1) -> None:
+        super().__init__()
+        self.n_gates = n_gates
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU()
+        )
+        self.blocks = nn.Sequential(
+            _AgentBlock(32, 64), _AgentBlock(64, 128), _AgentBlock(128, 256)
+        )
+        self.head = nn.Linear(256, 2 * n_gates)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if max(x.shape[-2:]) > AGENT_INPUT_SIZE:
+            x = F.adaptive_avg_pool2d(x, AGENT_INPUT_SIZE)
+        h = self.blocks(self.stem(x))
+        logits: Tensor = self.head(h.mean(dim=(-2, -1)))
+        return logits.view(x.shape[0], self.n_gates, 2)
+
+
+class GlobalPolicy(nn.Module):
+    """One learnable decision per gate for all inputs. forward(x) -> logits [1, n_gates, 2]."""
+
+    def __init__(self, n_gates: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n_gates, 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logits.unsqueeze(0)
+
+
+def make_policy(kind: PolicyKind, n_gates: int, in_channels: int = 1) -> nn.Module:
+    if kind == "instance":
+        return InstancePolicy(n_gates, in_channels)
+    if kind == "global":
+        return GlobalPolicy(n_gates)
+    raise ValueError(f"unknown policy {kind!r}; expected 'instance' or 'global'")
+
+
+def sample_gates(logits: Tensor, temperature: float, training: bool) -> Tensor:
+    """Hard gate decisions from logits [..., n_gates, 2] -> [..., n_gates], 1 = trainable twin.
+
+    Training: straight-through hard Gumbel-softmax (forward is exactly 0/1, the gradient is that of
+    the soft sample). Eval: argmax without noise; ties go to the frozen twin.
+    """
+    if training:
+        return F.gumbel_softmax(logits.float(), tau=temperature, hard=True, dim=-1)[..., TRAINABLE]
+    return (logits[..., TRAINABLE] > logits[..., FROZEN]).float()
+
+
+def trainable_probability(logits: Tensor) -> Tensor:
+    """Softmax probability of choosing the trainable twin: [..., n_gates, 2] -> [..., n_gates]."""
+    return torch.softmax(logits.float(), dim=-1)[..., TRAINABLE]

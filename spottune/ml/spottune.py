@@ -1,0 +1,115 @@
+"""SpotTUNet: every unit of a source U-Net as a frozen and a trainable twin, chosen by a policy.
+
+Output of gate i for sample b: g[b, i] * trainable_i(x) + (1 - g[b, i]) * frozen_i(x), with
+g in {0, 1}. Unlike the reference code, frozen twins are kept in eval mode at all times, so their
+BatchNorm running statistics never change, and nothing is recorded on the module during forward.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from spottune.ml.network import UNet
+from spottune.ml.policy import PolicyKind, make_policy, sample_gates
+
+
+class SpotTUNet(nn.Module):
+    """Gated U-Net. forward(x [B, C, H, W]) -> logits [B, 1, H, W], like UNet.
+
+    Args:
+        base: the source U-Net; both twins start as deep copies of it (it is not modified).
+        policy: "instance" (an agent decides per slice) or "global" (one decision per gate).
+        temperature: Gumbel-softmax temperature used while training.
+
+    State-dict layout: `frozen.<gate>.*`, `trainable.<gate>.*`, `policy.*`.
+    """
+
+    def __init__(self, base: UNet, policy: PolicyKind = "instance", temperature: float = 0.1):
+        super().__init__()
+        self.policy_kind: PolicyKind = policy
+        self.temperature = temperature
+        self.frozen = copy.deepcopy(base).requires_grad_(False).eval()
+        self.trainable = copy.deepcopy(base).requires_grad_(True)
+        self.gate_names: list[str] = [spec.name for spec in base.units]
+        self.gate_stages: list[str] = [spec.stage for spec in base.units]
+        self._gate_index = {name: i for i, name in enumerate(self.gate_names)}
+        self.policy = make_policy(policy, len(self.gate_names), base.in_channels)
+        self.train(base.training)
+
+    @property
+    def depth(self) -> int:
+        """Downsamplings of the wrapped U-Net (inputs must be multiples of 2**depth)."""
+        return self.trainable.depth
+
+    @property
+    def n_gates(self) -> int:
+        return len(self.gate_names)
+
+    def train(self, mode: bool = True) -> SpotTUNet:
+        """Set train/eval mode; the frozen twins stay in eval mode regardless."""
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_gates(x)[0]
+
+    def gate_logits(self, x: Tensor) -> Tensor:
+        """Policy logits [B', n_gates, 2]; B' = B (instance) or 1 (global)."""
+        logits: Tensor = self.policy(x)
+        return logits
+
+    def forward_with_gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, C, H, W] -> (logits [B, 1, H, W], gates [B, n_gates] with 1 = trainable twin).
+
+        Gates are sampled (straight-through Gumbel) in train mode and argmax in eval mode; the
+        gates carry gradient to the policy in train mode.
+        """
+        gates = sample_gates(self.gate_logits(x), self.temperature, self.training)
+
+        def run(name: str, h: Tensor) -> Tensor:
+            return self._gated(name, gates[:, self._gate_index[name]], h)
+
+        out = self.trainable.forward_units(x, run)
+        return out, gates.expand(x.shape[0], -1)
+
+    def _gated(self, name: str, g: Tensor, h: Tensor) -> Tensor:
+        """g [B] or [1] in {0, 1}; h [B, C, H, W]."""
+        trainable = self.trainable.get_submodule(name)
+        frozen = self.frozen.get_submodule(name)
+        if not (torch.is_grad_enabled() and g.requires_grad):
+            # Hard decisions without a gradient to the policy: skip a branch nobody chose.
+            if bool((g == 1).all()):
+                return trainable(h)
+            if bool((g == 0).all()):
+                return frozen(h)
+        t_out, f_out = trainable(h), frozen(h)
+        weight = g.view(-1, 1, 1, 1).to(t_out.dtype)
+        # lerp(f, t, w) is exactly f at w = 0 and exactly t at w = 1, in one kernel.
+        return torch.lerp(f_out.to(t_out.dtype), t_out, weight)
+
+    @torch.no_grad()
+    def global_decisions(self) -> Tensor:
+        """Global policy only: bool [n_gates], True where the trainable twin is chosen (argmax)."""
+        if self.policy_kind != "global":
+            raise ValueError("global_decisions() needs the global policy; this one is per slice")
+        return sample_gates(self.gate_logits(torch.empty(0)), self.temperature, False)[0].bool()
+
+    @torch.no_grad()
+    def export(self) -> UNet:
+        """Global policy only: a plain UNet whose every unit is the twin the policy chose.
+
+        In eval mode the exported net computes the same function as this gated one.
+        """
+        chosen = self.global_decisions().tolist()
+        base = self.trainable
+        plain = UNet(base.in_channels, base.width, base.depth, base.blocks_per_stage)
+        state = {}
+        for name, use_trainable in zip(self.gate_names, chosen, strict=True):
+            source = (self.trainable if use_trainable else self.frozen).get_submodule(name)
+            state.update({f"{name}.{key}": value for key, value in source.state_dict().items()})
+        plain.load_state_dict(state, strict=True)
+        return plain.to(next(base.parameters()).device).eval()

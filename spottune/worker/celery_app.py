@@ -1,0 +1,70 @@
+"""The worker's Celery application: ``celery -A spottune.worker.celery_app worker -Q gpu -c 1``.
+
+Same broker settings as the API's client-only app (:mod:`spottune.app.tasks`); this one also
+registers the task code. Jobs run for hours, so a message is acknowledged only after its task
+returns (``task_acks_late``), a worker takes one message at a time, and a message whose worker
+died goes back to the queue. Redelivery is harmless: the runner claims a job atomically in the
+database and a job whose results exist is never run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from spottune.app.db import get_engine
+from spottune.app.settings import Settings, get_settings
+from spottune.app.tasks import Queue, TaskName, celery_config
+
+logger = logging.getLogger(__name__)
+
+
+def create_worker_app(settings: Settings | None = None) -> Celery:
+    """A Celery app with the worker's reliability settings for ``settings``."""
+    settings = settings or get_settings()
+    app = Celery("spottune", include=["spottune.worker.tasks"])
+    app.conf.update(celery_config(settings))
+    embedded = settings.broker_url.startswith("filesystem://")
+    app.conf.update(
+        task_routes={TaskName.RUN_JOB.value: {"queue": Queue.GPU.value}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # The filesystem broker has no fan-out worth using: no remote control or events there.
+        worker_enable_remote_control=not embedded,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+app = create_worker_app()
+
+_reconciler_stop = threading.Event()
+
+
+@worker_process_init.connect
+def _fresh_db_pool(**_: Any) -> None:
+    """A forked pool process must not reuse the parent's database connections."""
+    get_engine().dispose(close=False)
+
+
+@worker_ready.connect
+def _start_reconciler(sender: Any = None, **_: Any) -> None:
+    """Run the reconciler loop as a daemon thread in the worker's main process."""
+    from spottune.worker.reconciler import run_forever
+
+    _reconciler_stop.clear()
+    thread = threading.Thread(
+        target=run_forever, args=(app, _reconciler_stop), name="spottune-reconciler", daemon=True
+    )
+    thread.start()
+    logger.info("reconciler started (every %.0f s)", get_settings().reconcile_interval_s)
+
+
+@worker_shutdown.connect
+def _stop_reconciler(**_: Any) -> None:
+    _reconciler_stop.set()

@@ -1,0 +1,1 @@
+"""One module per job kind: each ``run(ctx) -> JobOutput`` loads inputs, calls ``spottune.ml``."""

@@ -1,0 +1,105 @@
+"""A clinic's whole flow through the API with a real worker: pretrain, adapt with each method,
+segment, then download masks (valid NIfTI on the scan's grid), the policy and the report."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.worker.helpers import SHAPE, TINY_ADAPT, TINY_SOURCE, phantom_files
+
+METHODS = ("spottune", "finetune-all", "finetune-first", "finetune-last", "none")
+
+
+@pytest.fixture(scope="module")
+def client(worker) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    from spottune.app.admin import create_clinic
+    from spottune.app.main import create_app
+
+    key = create_clinic(f"flow-{time.monotonic_ns()}").key
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {key}"}) as test_client:
+        yield test_client
+
+
+def _upload(client: TestClient, seed: int, site: str, *, mask: bool = True,
+            annotated: str | None = None) -> str:
+    image, reference = phantom_files(seed, site)
+    files: dict[str, Any] = {"image": ("head.nii.gz", image)}
+    if mask:
+        files["mask"] = ("brain.nii.gz", reference)
+    data = {"site": site, "subject": f"s{seed}"}
+    if annotated is not None:
+        data["annotated_slices"] = annotated
+    response = client.post("/v1/scans", files=files, data=data)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _wait(client: TestClient, job_id: str, timeout: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def _submit(client: TestClient, path: str, body: dict[str, Any]) -> str:
+    response = client.post(path, json=body)
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def _check_mask(client: TestClient, mask_id: str) -> None:
+    response = client.get(f"/v1/masks/{mask_id}")
+    assert response.status_code == 200
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(response.content))
+    assert image.shape == SHAPE and np.allclose(image.affine, np.eye(4))
+    assert set(np.unique(np.asarray(image.dataobj)).tolist()) <= {0, 1}
+
+
+def test_pretrain_adapt_with_each_method_and_segment(client: TestClient) -> None:
+    source_scans = [_upload(client, seed, "a") for seed in (10, 11)]
+    pretrain = _submit(client, "/v1/pretrainings",
+                       {"train_scan_ids": source_scans, "options": TINY_SOURCE})
+    source = _wait(client, pretrain)["result"]["model_id"]
+    assert client.get(f"/v1/models/{source}").json()["job_id"] == pretrain
+
+    train = [_upload(client, 20, "b"), _upload(client, 21, "b", annotated="[4, 8]")]
+    targets = [_upload(client, 22, "b"), _upload(client, 23, "b", mask=False)]
+    runs = [(method, {}) for method in METHODS] + [("spottune", {"policy": "global"})]
+    jobs = {
+        _submit(client, "/v1/adaptations", {
+            "model_id": source, "train_scan_ids": train, "target_scan_ids": targets,
+            "method": method, "options": {**TINY_ADAPT, **extra}}): method
+        for method, extra in runs
+    }
+    results = {job_id: _wait(client, job_id)["result"] for job_id in jobs}
+
+    for job_id, result in results.items():
+        adapted = client.get(f"/v1/models/{result['model_id']}").json()
+        assert adapted["parent_model_id"] == source and adapted["job_id"] == job_id
+        masks = client.get(f"/v1/jobs/{job_id}/masks").json()["items"]
+        assert sorted(m["scan_id"] for m in masks) == sorted(targets)
+        _check_mask(client, masks[0]["id"])
+        # the first target has a mask: Dice before (base model) and after (adapted)
+        assert set(result["metrics"]["mean"]) == {"before", "after"}
+        report = client.get(f"/v1/jobs/{job_id}/report")
+        assert report.status_code == 200 and "<html" in report.text.lower()
+        assert client.get(f"/v1/jobs/{job_id}/report.png").content[:4] == b"\x89PNG"
+
+    spottune_job = next(j for j, m in jobs.items() if m == "spottune")
+    policy = client.get(f"/v1/jobs/{spottune_job}/policy").json()["policy"]
+    assert len(policy["gate_names"]) == len(policy["frequency"]) > 0
+    assert policy["method"] == "spottune"
+
+    segment = _submit(client, "/v1/segmentations", {
+        "model_id": results[spottune_job]["model_id"], "scan_ids": targets})
+    assert len(_wait(client, segment)["result"]["mask_ids"]) == 2
