@@ -6,7 +6,6 @@ and never logged.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import BinaryIO
 
@@ -99,8 +98,3 @@ def read_limited(source: BinaryIO, max_bytes: int, what: str) -> bytes:
     if len(data) > max_bytes:
         raise TooLarge(f"{what} exceeds {_mib(max_bytes)}")
     return data
-
-
-def copy_file(src: Path, out: BinaryIO) -> None:
-    with src.open("rb") as handle:
-        shutil.copyfileobj(handle, out, COPY_CHUNK)

@@ -28,6 +28,7 @@ from spottune.app.db import get_session_factory, session_scope
 from spottune.app.models import Job, JobStatus, utcnow
 from spottune.app.settings import Settings, get_settings
 from spottune.app.tasks import Queue, TaskName
+from spottune.worker.runner import CANCELLED_REASON
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def _resend_lost(app: Celery, settings: Settings, report: ReconcileReport) -> No
         with session_scope(factory) as session:
             if job.cancel_requested:
                 if _cas(session, job, job.enqueued_at, "enqueued_at",
-                        status=JobStatus.CANCELLED, finished_at=now):
+                        status=JobStatus.CANCELLED, finished_at=now, error=CANCELLED_REASON):
                     report.cancelled += 1
                 continue
             if not _cas(session, job, job.enqueued_at, "enqueued_at", enqueued_at=now):
@@ -141,7 +142,7 @@ def _repair_stale(app: Celery, settings: Settings, report: ReconcileReport) -> N
         with session_scope(factory) as session:
             if job.cancel_requested:
                 if _cas(session, job, job.heartbeat_at, "heartbeat_at",
-                        status=JobStatus.CANCELLED, finished_at=now):
+                        status=JobStatus.CANCELLED, finished_at=now, error=CANCELLED_REASON):
                     report.cancelled += 1
                 continue
             if job.attempts >= settings.job_max_attempts:

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0  # progress flush + cancel check period (a cancelled job stops in ~1-2 s)
 MAX_ERROR_CHARS = 2000
+CANCELLED_REASON = "cancelled by the clinic"  # as the API words it for a queued job
 
 
 @dataclass
@@ -196,7 +197,7 @@ def _prepare(session: Session, job_id: uuid.UUID, worker: str,
     if job.status.terminal:
         return f"already {job.status.value}"
     if job.cancel_requested and job.status == JobStatus.QUEUED:
-        job.status, job.finished_at = JobStatus.CANCELLED, utcnow()
+        job.status, job.finished_at, job.error = JobStatus.CANCELLED, utcnow(), CANCELLED_REASON
         return "cancelled before start"
     done = results.existing_result(session, job_id)
     if done is not None:  # a redelivered message after results were stored
@@ -248,13 +249,16 @@ def run_job(job_id: str, worker: str = "worker", *, settings: Settings | None = 
     except JobLost:
         outcome = "lost"
     except Cancelled:
-        outcome = "cancelled" if _settle(factory, jid, attempt, JobStatus.CANCELLED) else "lost"
+        cancelled = _settle(factory, jid, attempt, JobStatus.CANCELLED, CANCELLED_REASON)
+        outcome = "cancelled" if cancelled else "lost"
     except Exception as exc:
         logger.exception("job %s failed", jid)
         failed = _settle(factory, jid, attempt, JobStatus.FAILED, describe(exc))
         outcome = "failed" if failed else "lost"
     finally:
         monitor.close()
+        if device.type == "cuda":  # a long-lived worker hands GPU memory back between jobs
+            torch.cuda.empty_cache()
     logger.info("job %s attempt %d: %s", jid, attempt, outcome)
     return outcome
 

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 import redis
-from alembic import command
-from alembic.config import Config
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.app.db import create_db_engine, make_session_factory
 from spottune.app.main import create_app
+from spottune.app.migrate import upgrade_head
 from spottune.app.settings import Settings
 from tests.app.helpers import ClinicCtx, make_clinic, phantom_bytes, tiny_weights
 
-ROOT = Path(__file__).resolve().parents[2]
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 REDIS_DB = 11
 MAX_UPLOAD = 2 * 1024 * 1024
@@ -40,10 +37,7 @@ TABLES = (
 
 
 def alembic_upgrade(url: str) -> None:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
+    upgrade_head(url=url)
 
 
 @pytest.fixture(scope="session")

@@ -40,3 +40,11 @@ def test_job_is_failed_after_max_attempts(factory, worker) -> None:
     assert job.error is not None and job.error.startswith("WorkerLost")
     assert "2 attempts" in job.error
 
+
+
+def test_cancel_requested_on_a_dead_worker_is_settled(factory, worker) -> None:
+    stale = func.now() - func.make_interval(0, 0, 0, 0, 1)
+    job_id = _segmentation(factory, status=JobStatus.RUNNING, attempts=1, heartbeat_at=stale,
+                           cancel_requested=True)
+    job = wait_job(factory, job_id, timeout=30)
+    assert job.status == JobStatus.CANCELLED and job.attempts == 1
