@@ -109,14 +109,18 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", _validation_message(exc))
 
 
-async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-    logger.error("database unavailable: %s", type(exc).__name__)
+def database_unavailable_response() -> JSONResponse:
     return error_response(
         503,
         "database_unavailable",
         "the database is unreachable; retry in a moment (operators: check SPOTTUNE_DATABASE_URL)",
         {"Retry-After": "5"},
     )
+
+
+async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+    logger.warning("request failed, database unavailable: %s", type(exc).__name__)
+    return database_unavailable_response()
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.app.api.routes import health, jobs, masks, models, scans
+from spottune.app.auth_gate import AuthGateMiddleware
 from spottune.app.db import get_session_factory
 from spottune.app.errors import install_error_handlers
 from spottune.app.settings import Settings, get_settings
@@ -34,6 +35,8 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=2 * settings.max_upload_bytes + MULTIPART_SLACK
     )
+    # Added last, so outermost: an unauthenticated upload is refused before its body is read.
+    app.add_middleware(AuthGateMiddleware, session_factory=app.state.session_factory)
     for router in (health.router, models.router, scans.router, jobs.router, masks.router):
         app.include_router(router)
     return app

@@ -158,8 +158,13 @@ def segment_volume(
     else:
         logger.debug("inference on %s of %s", prepared.image[box].shape, prepared.image.shape)
         probs[box] = predict_slices(
-            model, prepared.image[box], batch_size, device,
-            multiple=multiple, bf16=bf16, progress=progress,
+            model,
+            prepared.image[box],
+            batch_size,
+            device,
+            multiple=multiple,
+            bf16=bf16,
+            progress=progress,
         )
     mask = (restore_to_grid(prepared, probs) >= 0.5).astype(np.uint8)
     return keep_largest_component(mask) if largest_component and mask.any() else mask

@@ -110,7 +110,7 @@ def surface_distances(
     low = [int(idx.min()) for idx in nonzero]
     high = [int(idx.max()) + 1 for idx in nonzero]
     box = tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))
-    areas = _surfel_area_table(spacing)  # type: ignore[arg-type]
+    areas = _surfel_area_table((spacing[0], spacing[1], spacing[2]))
 
     def surface(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # One voxel of zero padding on the high side gives the "full" 2x2x2 correlation.

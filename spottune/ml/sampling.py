@@ -48,7 +48,9 @@ class SliceSampler:
     def _patch(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Random P x P crop of one slice pair [H, W] (zero-padded where the slice is smaller)."""
         size = self.patch_size
-        pads = [(max(0, size - n) // 2, max(0, size - n) - max(0, size - n) // 2) for n in image.shape]
+        pads = [
+            (max(0, size - n) // 2, max(0, size - n) - max(0, size - n) // 2) for n in image.shape
+        ]
         if any(before or after for before, after in pads):
             image = np.pad(image, pads)
             mask = np.pad(mask, pads)

@@ -79,7 +79,9 @@ def make_phantom(
     image[brain] = contrast.grey
     image[r < white_r] = contrast.white
 
-    bias = 1.0 + contrast.bias * sum(g * w for g, w in zip(grid, rng.uniform(-1, 1, 3), strict=True))
+    bias = 1.0 + contrast.bias * sum(
+        g * w for g, w in zip(grid, rng.uniform(-1, 1, 3), strict=True)
+    )
     image = image * bias + rng.normal(0.0, contrast.noise, size=shape).astype(np.float32)
     image = np.clip(image, 0.0, None) * 1000.0
     return image.astype(np.float32), brain.astype(np.uint8)

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -89,7 +90,7 @@ def _suffix(name: str) -> str:
     raise VolumeError(f"{name!r}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
 
 
-def _open(path: Path) -> nib.spatialimages.SpatialImage:
+def _open(path: Path) -> Any:
     _suffix(path.name)
     try:
         return nib.load(str(path))
@@ -159,7 +160,9 @@ def load_mask(path: Path, like: Volume) -> np.ndarray:
     if tuple(img.shape[:3]) == like.data.shape and not np.allclose(
         affine, like.affine, atol=AFFINE_TOLERANCE
     ):
-        raise VolumeError(f"{path.name}: affine differs from the image's; the mask is on another grid")
+        raise VolumeError(
+            f"{path.name}: affine differs from the image's; the mask is on another grid"
+        )
     return check_mask(np.asanyarray(img.dataobj), like, path.name)
 
 
@@ -219,7 +222,9 @@ def _annotated(
     flags = np.zeros(n, dtype=bool)
     for index in indices:
         if not 0 <= int(index) < n:
-            raise VolumeError(f"annotated slice {index} is outside 0..{n - 1} (voxel axis {source_axis})")
+            raise VolumeError(
+                f"annotated slice {index} is outside 0..{n - 1} (voxel axis {source_axis})"
+            )
         flags[n - 1 - int(index) if ornt[source_axis, 1] < 0 else int(index)] = True
     return flags
 

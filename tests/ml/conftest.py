@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from spottune.ml.synthetic import make_phantom
 from spottune.ml.volumes import PreparedVolume
@@ -45,3 +46,8 @@ def source_volumes() -> list[PreparedVolume]:
 @pytest.fixture(scope="session")
 def target_volumes() -> list[PreparedVolume]:
     return [prepared_phantom(seed, invert=True, every=3) for seed in (3,)]
+
+
+# Two cores are shared by several test runs: one intra-op thread avoids OpenMP spin-waiting,
+# which otherwise makes these tiny models ~10x slower.
+torch.set_num_threads(1)

@@ -11,7 +11,9 @@ from spottune.ml.volumes import PreparedVolume
 SENTINEL = 7.0
 
 
-def _prepared(n_slices: int, shape: tuple[int, int], annotated: list[int], fill: float) -> PreparedVolume:
+def _prepared(
+    n_slices: int, shape: tuple[int, int], annotated: list[int], fill: float
+) -> PreparedVolume:
     image = np.full((n_slices, *shape), SENTINEL, dtype=np.float32)
     mask = np.zeros((n_slices, *shape), dtype=np.uint8)
     flags = np.zeros(n_slices, dtype=bool)
@@ -19,8 +21,13 @@ def _prepared(n_slices: int, shape: tuple[int, int], annotated: list[int], fill:
     image[flags] = fill
     mask[flags] = 1
     return PreparedVolume(
-        image=image, mask=mask, annotated=flags, original_shape=(n_slices, *shape),
-        affine=np.eye(4), ornt=np.array([[0, 1], [1, 1], [2, 1]], float), slice_axis=0,
+        image=image,
+        mask=mask,
+        annotated=flags,
+        original_shape=(n_slices, *shape),
+        affine=np.eye(4),
+        ornt=np.array([[0, 1], [1, 1], [2, 1]], float),
+        slice_axis=0,
         plane_shape=shape,
     )
 

@@ -41,13 +41,15 @@ def get_session(factory: SessionFactoryDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_current_clinic(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Clinic:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+def authenticate(session: Session, scheme: str | None, credentials: str | None) -> Clinic:
+    """The clinic whose active key is ``credentials``; 401 saying what is wrong otherwise.
+
+    Every candidate key sharing the lookup prefix is compared in constant time
+    (:func:`key_matches`), with no early exit.
+    """
+    if scheme is None or credentials is None or scheme.lower() != "bearer":
         raise Unauthorized("missing API key: send the header 'Authorization: Bearer <api key>'")
-    key = credentials.credentials.strip()
+    key = credentials.strip()
     if not looks_like_key(key):
         raise Unauthorized(
             "malformed API key: use the key printed by 'spottune admin create-clinic'"
@@ -59,6 +61,15 @@ def get_current_clinic(
     if match is None:
         raise Unauthorized("unknown or revoked API key: ask the operator for a new key")
     return match
+
+
+def get_current_clinic(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Clinic:
+    if credentials is None:
+        return authenticate(session, None, None)
+    return authenticate(session, credentials.scheme, credentials.credentials)
 
 
 CurrentClinic = Annotated[Clinic, Depends(get_current_clinic)]

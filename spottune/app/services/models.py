@@ -12,7 +12,7 @@ from typing import BinaryIO
 from sqlalchemy.orm import Session
 
 from spottune.app import blobs
-from spottune.app.errors import Conflict, Invalid, NotFound
+from spottune.app.errors import Conflict, Invalid, NotFound, TooLarge
 from spottune.app.models import Model
 from spottune.app.repositories import jobs as job_repo
 from spottune.app.repositories import models as model_repo
@@ -24,6 +24,12 @@ WEIGHTS_CONTENT_TYPE = "application/vnd.safetensors"
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit for the JSON header
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ and torch's zip checkpoints
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+    "U32": 4, "I32": 4, "F32": 4,
+    "U64": 8, "I64": 8, "F64": 8,
+}  # fmt: skip
 
 
 def parse_config(text: str | bytes) -> dict[str, object]:
@@ -31,7 +37,9 @@ def parse_config(text: str | bytes) -> dict[str, object]:
     from spottune.ml.config import ConfigError, ModelConfig
 
     if len(text) > MAX_CONFIG_BYTES:
-        raise Invalid(f"config exceeds {MAX_CONFIG_BYTES} bytes", code="invalid_config")
+        raise TooLarge(
+            f"config exceeds {MAX_CONFIG_BYTES} bytes; a model config is a few hundred bytes"
+        )
     try:
         config = ModelConfig.from_json(text)
     except ConfigError as exc:
@@ -39,28 +47,85 @@ def parse_config(text: str | bytes) -> dict[str, object]:
     return config.model_dump(mode="json")
 
 
+def _bad_weights(problem: str) -> Invalid:
+    return Invalid(
+        f"weights: {problem}; save the weights with safetensors.torch.save_file",
+        code="invalid_weights",
+    )
+
+
 def check_safetensors_header(data: bytes) -> None:
-    """Refuse anything that is not a safetensors file (pickles first, with a clear message)."""
+    """Refuse anything that is not a well-formed safetensors file, without loading a tensor.
+
+    Pickles are refused first with their own message (nothing uploaded is ever unpickled). Then
+    every tensor's declared shape and dtype must match its ``data_offsets`` exactly and the
+    tensors must tile the data section with no gap and nothing after it, so a header that
+    claims a 10**12-element tensor, or data that is cut short, never reaches the worker.
+    """
     if data.startswith(_PICKLE_MAGIC):
         raise Invalid(
             "weights: pickled checkpoints (.pt/.pth/.pkl) are refused for safety; "
             "save the weights as .safetensors (safetensors.torch.save_file)",
             code="invalid_weights",
         )
-    ok = len(data) >= 10
-    if ok:
-        (header_len,) = struct.unpack("<Q", data[:8])
-        ok = 2 <= header_len <= min(MAX_HEADER_BYTES, len(data) - 8)
-        if ok:
-            try:
-                ok = isinstance(json.loads(data[8 : 8 + header_len]), dict)
-            except ValueError:
-                ok = False
-    if not ok:
-        raise Invalid(
-            "weights: not a valid .safetensors file; save the weights with "
-            "safetensors.torch.save_file",
-            code="invalid_weights",
+    if len(data) < 10:
+        raise _bad_weights("not a valid .safetensors file (too short)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if not 2 <= header_len <= min(MAX_HEADER_BYTES, len(data) - 8):
+        raise _bad_weights("not a valid .safetensors file (header length out of range)")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise _bad_weights("not a valid .safetensors file (header is not a JSON object)")
+    _check_offsets(header, len(data) - 8 - header_len)
+
+
+def _tensor_bytes(key: str, entry: object) -> tuple[int, int, int]:
+    """(begin, end, declared bytes) of one header entry; 422 naming ``key`` if malformed."""
+    if not isinstance(entry, dict):
+        raise _bad_weights(f"header entry {key!r} is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in _DTYPE_BYTES:
+        raise _bad_weights(f"tensor {key!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise _bad_weights(f"tensor {key!r} has an invalid shape {shape!r}")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
+        raise _bad_weights(f"tensor {key!r} has invalid data_offsets {offsets!r}")
+    numel = 1
+    for d in shape:
+        numel *= d
+    return offsets[0], offsets[1], numel * _DTYPE_BYTES[dtype]
+
+
+def _check_offsets(header: dict[str, object], data_bytes: int) -> None:
+    spans = []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        begin, end, declared = _tensor_bytes(key, entry)
+        if end - begin != declared:
+            raise _bad_weights(
+                f"tensor {key!r} declares {declared} bytes (shape and dtype) but its "
+                f"data_offsets cover {end - begin}"
+            )
+        spans.append((begin, end, key))
+    position = 0
+    for begin, end, key in sorted(spans):
+        if begin != position:
+            raise _bad_weights(f"tensor {key!r} overlaps another or leaves a gap before it")
+        position = end
+    if position != data_bytes:
+        raise _bad_weights(
+            f"the header describes {position} bytes of tensor data but the file holds {data_bytes}"
         )
 
 

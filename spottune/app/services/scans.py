@@ -19,6 +19,7 @@ from spottune.app.repositories import scans as scan_repo
 from spottune.app.services.quota import check_storage
 from spottune.app.settings import Settings
 from spottune.app.uploads import pick_suffix, spool
+from spottune.app.volume_guard import check_volume_file
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz")
 CONTENT_TYPES = {
@@ -87,14 +88,16 @@ def create_scan(
     with tempfile.TemporaryDirectory(prefix="spottune-upload-") as tmp:
         image_path = Path(tmp) / f"image{image_suffix}"
         size = spool(image, image_path, settings.max_upload_bytes, "image")
+        check_volume_file(image_path, image_suffix, settings.max_voxels, "image")
         try:
             volume = load_volume(image_path, max_voxels=settings.max_voxels)
         except (VolumeError, Exception) as exc:  # nibabel raises many types
             raise Invalid(f"image: {_clean(exc, image_path)}", code="invalid_image") from None
         mask_path = None
-        if mask is not None:
+        if mask is not None and mask_suffix is not None:
             mask_path = Path(tmp) / f"mask{mask_suffix}"
             size += spool(mask, mask_path, settings.max_upload_bytes, "mask")
+            check_volume_file(mask_path, mask_suffix, settings.max_voxels, "mask")
             try:
                 load_mask(mask_path, volume)
             except (VolumeError, Exception) as exc:  # nibabel raises many types

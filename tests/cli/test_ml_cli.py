@@ -1,0 +1,234 @@
+"""End-to-end runs of the ML commands on tiny synthetic phantoms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from spottune.cli.ml_commands import register
+from spottune.ml.synthetic import write_phantom
+
+SHAPE = (32, 32, 16)
+app = typer.Typer()
+register(app)
+runner = CliRunner()
+
+
+def _run(*args: str | Path) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    scans = []
+    for site in ("a", "b"):
+        for seed in (0, 1):
+            image, mask = f"{site}{seed}.nii.gz", f"{site}{seed}_mask.nii.gz"
+            write_phantom(root / image, root / mask, shape=SHAPE, seed=seed, site=site)
+            scans.append(
+                {
+                    "id": f"{site}{seed}",
+                    "site": site,
+                    "head": "phantom",
+                    "subject": f"s{seed}",
+                    "image": image,
+                    "mask": mask,
+                }
+            )
+    manifest = {
+        "version": 1,
+        "seed": 0,
+        "spacing_mm": [1, 1, 1],
+        "sites": {"a": "", "b": ""},
+        "scans": scans,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def source(data: Path) -> Path:
+    out = data / "source.safetensors"
+    _run(
+        "train-source",
+        "--manifest",
+        data / "manifest.json",
+        "--site",
+        "a",
+        "--out",
+        out,
+        "--width",
+        "4",
+        "--blocks",
+        "1",
+        "--patch",
+        "32",
+        "--iterations",
+        "4",
+        "--batch",
+        "4",
+    )
+    return out
+
+
+def test_help_lists_commands() -> None:
+    output = _run("--help")
+    for name in ("train-source", "adapt", "segment", "evaluate", "policy-report"):
+        assert name in output
+    assert "--every-k" in _run("adapt", "--help")
+
+
+def test_train_source_writes_weights_and_config(data: Path, source: Path) -> None:
+    assert source.is_file() and source.with_suffix(".json").is_file()
+    assert json.loads(source.with_suffix(".json").read_text())["width"] == 4
+    out = data / "pairs.safetensors"
+    _run(
+        "train-source",
+        "--image",
+        data / "a0.nii.gz",
+        "--mask",
+        data / "a0_mask.nii.gz",
+        "--out",
+        out,
+        "--width",
+        "4",
+        "--blocks",
+        "1",
+        "--depth",
+        "2",
+        "--patch",
+        "16",
+        "--iterations",
+        "2",
+        "--batch",
+        "2",
+    )
+    assert out.is_file()
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("spottune", ["--annotated-slices", "2,8,12"]),
+        ("spottune", ["--every-k", "4", "--policy", "global", "--lambda", "0.01"]),
+        ("finetune-first", ["--every-k", "5", "--adabn", "--unlabelled", "b1.nii.gz"]),
+        ("none", []),
+    ],
+)
+def test_adapt_then_segment_and_evaluate(
+    data: Path, source: Path, method: str, extra: list[str]
+) -> None:
+    out = data / f"adapted-{method}-{len(extra)}.safetensors"
+    pairs = (
+        []
+        if method == "none"
+        else ["--image", data / "b0.nii.gz", "--mask", data / "b0_mask.nii.gz"]
+    )
+    extra = [str(data / e) if e.endswith(".nii.gz") else e for e in extra]
+    _run(
+        "adapt",
+        "--model",
+        source,
+        "--out",
+        out,
+        "--method",
+        method,
+        *pairs,
+        *extra,
+        "--iterations",
+        "2",
+        "--batch",
+        "2",
+        "--patch",
+        "16",
+    )
+    summary = json.loads(out.with_suffix(".policy.json").read_text())
+    assert summary["method"] == method
+    if method == "spottune":
+        assert summary["policy"]["gate_names"]
+        assert summary["annotated_slices"] == (3 if "--annotated-slices" in extra else 4)
+        _run("policy-report", out.with_suffix(".policy.json"))
+        png = out.with_suffix(".policy.png")
+        assert png.read_bytes().startswith(b"\x89PNG")
+        assert "finetuned_gates" in json.loads(
+            png.with_name(png.stem + ".summary.json").read_text()
+        )
+
+    masks = data / f"masks-{out.stem}"
+    _run("segment", data / "b1.nii.gz", "--model", out, "--out-dir", masks, "--batch", "8")
+    written: Any = nib.load(str(masks / "b1_mask.nii.gz"))
+    assert written.shape == SHAPE and np.allclose(
+        written.affine, nib.load(str(data / "b1.nii.gz")).affine
+    )
+    assert set(np.unique(np.asarray(written.dataobj)).tolist()) <= {0, 1}
+
+    report = data / f"metrics-{out.stem}.json"
+    _run(
+        "evaluate",
+        "--mask",
+        masks / "b1_mask.nii.gz",
+        "--reference",
+        data / "b1_mask.nii.gz",
+        "--out",
+        report,
+    )
+    metrics = json.loads(report.read_text())
+    assert len(metrics["scans"]) == 1 and set(metrics["mean"]) == {"dice", "sdice", "hd95"}
+
+
+def test_evaluate_perfect_match(data: Path) -> None:
+    output = _run(
+        "evaluate", "--mask", data / "a0_mask.nii.gz", "--reference", data / "a0_mask.nii.gz"
+    )
+    assert "1.0000" in output
+
+
+def test_user_errors_are_one_line(data: Path, source: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--mask",
+            str(data / "a0_mask.nii.gz"),
+            "--reference",
+            str(data / "a0_mask.nii.gz"),
+            "--reference",
+            str(data / "a1_mask.nii.gz"),
+        ],
+    )
+    assert result.exit_code == 2 and "one mask per image" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "adapt",
+            "--model",
+            str(source),
+            "--out",
+            str(data / "x.safetensors"),
+            "--method",
+            "bogus",
+        ],
+    )
+    assert result.exit_code == 2 and "--method" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "segment",
+            str(data / "manifest.json"),
+            "--model",
+            str(source),
+            "--out-dir",
+            str(data / "bad"),
+        ],
+    )
+    assert result.exit_code == 2 and "unsupported" in result.output

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spottune.ml.loop import nesterov_sgd, train_step
+from spottune.ml.network import UNet
+from spottune.ml.policy import GlobalPolicy
+from spottune.ml.spottune import SpotTUNet
+
+PolicyKind = str
+
+
+def tiny_base(seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    base = UNet(width=4, depth=2, blocks_per_stage=1)
+    # A little training-like state in the BatchNorms, so "unchanged" is a meaningful check.
+    base.train()
+    with torch.no_grad():
+        base(torch.rand(4, 1, 32, 32))
+    return base.eval()
+
+
+# (policy, input shape, expected logits shape)
+SHAPES = [
+    ("instance", (3, 1, 32, 32), (3, 1, 32, 32)),
+    ("instance", (2, 1, 32, 64), (2, 1, 32, 64)),
+    ("instance", (2, 1, 96, 96), (2, 1, 96, 96)),  # agent input pooled down to 64 x 64
+    ("global", (3, 1, 32, 32), (3, 1, 32, 32)),
+    ("global", (1, 1, 16, 48), (1, 1, 16, 48)),
+]
+
+
+@pytest.mark.parametrize(("policy", "in_shape", "out_shape"), SHAPES)
+@pytest.mark.parametrize("training", [True, False])
+def test_shapes_and_hard_gates(policy: PolicyKind, in_shape: tuple[int, ...],
+                               out_shape: tuple[int, ...], training: bool) -> None:
+    model = SpotTUNet(tiny_base(), policy).train(training)  # type: ignore[arg-type]
+    logits, gates = model.forward_with_gates(torch.rand(in_shape))
+    assert logits.shape == out_shape
+    assert gates.shape == (in_shape[0], model.n_gates) == (in_shape[0], 14)
+    assert set(gates.unique().tolist()) <= {0.0, 1.0}
+    assert model(torch.rand(in_shape)).shape == out_shape
+
+
+@pytest.mark.parametrize("policy", ["instance", "global"])
+def test_gradients_reach_policy_and_trainable_twins_only(policy: PolicyKind) -> None:
+    model = SpotTUNet(tiny_base(), policy).train()  # type: ignore[arg-type]
+    logits, gates = model.forward_with_gates(torch.rand(4, 1, 32, 32))
+    (logits.mean() + 0.1 * gates.mean()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.policy.parameters()
+               if p.ndim > 1)
+    assert all(not p.requires_grad and p.grad is None for p in model.frozen.parameters())
+    assert any(p.grad is not None for p in model.trainable.parameters())
+
+
+def test_gate_names_and_state_dict_layout() -> None:
+    model = SpotTUNet(tiny_base(), "global")
+    assert model.gate_names[0] == "init.conv" and model.gate_names[-1] == "skip.down1"
+    assert model.gate_stages[0] == "init" and model.gate_stages[-1] == "skip"
+    keys = set(model.state_dict())
+    assert "frozen.init.conv.weight" in keys and "trainable.out.norm.running_mean" in keys
+    assert "policy.logits" in keys
+
+
+@pytest.mark.parametrize("policy", ["instance", "global"])
+def test_frozen_twins_are_bit_identical_after_training(policy: PolicyKind) -> None:
+    torch.manual_seed(0)
+    base = tiny_base()
+    model = SpotTUNet(base, policy).train()  # type: ignore[arg-type]
+    before = {k: v.clone() for k, v in model.frozen.state_dict().items()}
+    optimizers = [nesterov_sgd(list(model.trainable.parameters()), 0.1),
+                  nesterov_sgd(list(model.policy.parameters()), 0.1, 1e-3)]
+    for _ in range(3):
+        x = torch.rand(4, 1, 32, 32)
+        train_step(model, x, (x > 0.5).float(), optimizers=optimizers, lambda_reg=0.01)
+    assert not model.frozen.training and model.trainable.training
+    for key, value in model.frozen.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    # ...while the trainable twins did learn (weights and BatchNorm statistics moved).
+    trained = model.trainable.state_dict()
+    assert not all(torch.equal(trained[k], before[k]) for k in before)
+    assert not torch.equal(trained["init.block0.unit1.norm.running_mean"],
+                           before["init.block0.unit1.norm.running_mean"])
+    # The base the twins were copied from is untouched.
+    for key, value in base.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("policy", ["instance", "global"])
+def test_untrained_model_in_eval_mode_equals_the_source(policy: PolicyKind) -> None:
+    base = tiny_base()
+    model = SpotTUNet(base, policy).eval()  # type: ignore[arg-type]
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), base(x))
+        torch.testing.assert_close(model(x), model(x))  # eval: argmax, no noise
+
+
+def test_export_equals_the_gated_model() -> None:
+    torch.manual_seed(1)
+    model = SpotTUNet(tiny_base(), "global").train()
+    optimizer = nesterov_sgd(list(model.trainable.parameters()), 0.1)
+    for _ in range(2):
+        x = torch.rand(4, 1, 32, 32)
+        train_step(model, x, (x < 0.5).float(), optimizers=[optimizer])
+    assert isinstance(model.policy, GlobalPolicy)
+    with torch.no_grad():
+        model.policy.logits.copy_(torch.randn(model.n_gates, 2))
+    model.eval()
+    decisions = model.global_decisions()
+    assert 0 < int(decisions.sum()) < model.n_gates  # a real mixture of twins
+    plain = model.export()
+    assert type(plain) is UNet and not plain.training
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), model(x), atol=1e-6)
+        _, gates = model.forward_with_gates(x)
+    assert torch.equal(gates, decisions.float().expand(3, -1))
+
+
+def test_export_needs_the_global_policy() -> None:
+    with pytest.raises(ValueError, match="global"):
+        SpotTUNet(tiny_base(), "instance").export()

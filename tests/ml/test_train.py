@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from spottune.ml.config import GatingConfig, ModelConfig
+from spottune.ml.network import UNet
+from spottune.ml.spottune import SpotTUNet
+from spottune.ml.train import (
+    AdaptOptions,
+    AdaptResult,
+    Cancelled,
+    Progress,
+    SourceOptions,
+    adapt,
+    default_lambda,
+    policy_record,
+    train_source,
+)
+from spottune.ml.volumes import PreparedVolume
+
+FAST: dict[str, Any] = {"batch_size": 4, "learning_rate": 0.05}
+
+
+@pytest.fixture(scope="module")
+def source(source_volumes: list[PreparedVolume]) -> AdaptResult:
+    """A source model briefly trained on phantoms (site a); targets are intensity-inverted."""
+    options = SourceOptions(width=8, depth=2, blocks_per_stage=1, patch_size=32, iterations=60,
+                            batch_size=8, learning_rate=0.05, seed=0)
+    return train_source(source_volumes, options)
+
+
+def net(result: AdaptResult) -> UNet:
+    assert isinstance(result.model, UNet)
+    return result.model
+
+
+@pytest.mark.parametrize(
+    ("n_slices", "expected"),
+    [(1, 0.010), (5, 0.010), (8, 0.007), (12, 0.012), (24, 0.005), (90, 0.007), (100, 0.007),
+     (540, 0.005), (800, 0.0), (5000, 0.0)],
+)
+def test_default_lambda_follows_the_paper(n_slices: int, expected: float) -> None:
+    assert default_lambda(n_slices) == expected
+
+
+@pytest.mark.parametrize(
+    "fields", [{"iterations": 0}, {"batch_size": 0}, {"learning_rate": -1.0}, {"lambda_reg": -1},
+               {"policy": "random"}, {"patch_size": 4}, {"epochs": 3}],
+)
+def test_adapt_options_bounds(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        AdaptOptions(**fields)  # type: ignore[arg-type]
+
+
+def test_source_training_learns(source: AdaptResult) -> None:
+    assert source.method == "scratch" and isinstance(source.model, UNet)
+    assert source.config.gating is None and source.config.width == 8
+    losses = [h["loss"] for h in source.history]
+    assert len(losses) == 60 and sum(losses[-10:]) < 0.5 * sum(losses[:10])
+
+
+def _share_finetuned(result: AdaptResult) -> float:
+    assert result.policy is not None
+    return sum(result.policy.frequency) / len(result.policy.frequency)
+
+
+def test_lambda_decides_how_much_is_finetuned(
+    source: AdaptResult, target_volumes: list[PreparedVolume]
+) -> None:
+    def run(lambda_reg: float) -> AdaptResult:
+        options = AdaptOptions(iterations=30, lambda_reg=lambda_reg, policy="global",
+                               seed=0, **FAST)
+        return adapt(net(source), source.config, target_volumes, "spottune", options)
+
+    heavy, free = run(10.0), run(0.0)
+    assert _share_finetuned(heavy) <= 0.15  # (almost) nothing fine-tuned
+    assert _share_finetuned(free) >= 0.4  # the inverted domain makes fine-tuning pay
+    assert free.history[-1]["loss"] < free.history[0]["loss"]
+    for result in (heavy, free):  # global policy: the result is the exported plain U-Net
+        assert type(result.model) is UNet and result.config.gating is None
+
+
+def test_spottune_instance_result(source: AdaptResult,
+                                  target_volumes: list[PreparedVolume]) -> None:
+    options = AdaptOptions(iterations=3, **FAST)
+    result = adapt(net(source), source.config, target_volumes, "spottune", options)
+    assert isinstance(result.model, SpotTUNet) and not result.model.training
+    assert result.config.gating is not None and result.config.gating.policy == "instance"
+    assert result.lambda_reg == default_lambda(4)  # 12 slices, every 3rd annotated
+    assert result.policy is not None and len(result.policy.frequency) == 14
+    record = policy_record(result.model, [v.image for v in target_volumes])
+    assert all(0.0 <= f <= 1.0 for f in record.frequency + record.probability)
+    assert record.to_dict()["gate_names"][0] == "init.conv"
+
+
+@pytest.mark.parametrize(
+    ("method", "changed"),
+    [("finetune-first", {"init.conv", "init.block0"}),
+     ("finetune-last", {"out.block0", "out.conv", "out.norm"}),
+     ("none", set())],
+)
+def test_fixed_methods_train_only_their_units(
+    source: AdaptResult, target_volumes: list[PreparedVolume], method: str, changed: set[str]
+) -> None:
+    result = adapt(net(source), source.config, target_volumes, method,
+                   AdaptOptions(iterations=3, **FAST))
+    assert isinstance(result.model, UNet) and result.config == source.config
+    before, after = source.model.state_dict(), result.model.state_dict()
+    moved = {key for key in before if not torch.equal(before[key], after[key])}
+    moved_units = {unit for unit in (s.name for s in net(source).units)
+                   if any(key.startswith(unit + ".") for key in moved)}
+    assert moved_units == changed  # weights and BatchNorm statistics of the rest untouched
+
+
+def test_adabn_reestimates_statistics_only(
+    source: AdaptResult, target_volumes: list[PreparedVolume]
+) -> None:
+    result = adapt(net(source), source.config, target_volumes, "none",
+                   AdaptOptions(adabn=True, **FAST))
+    before, after = source.model.state_dict(), result.model.state_dict()
+    for key in before:
+        same = torch.equal(before[key], after[key])
+        assert same != key.endswith(("running_mean", "running_var", "num_batches_tracked")), key
+    assert result.model.get_submodule("init.block0.unit1.norm").momentum == 0.1
+
+
+def test_spottune_adabn_leaves_frozen_twins_alone(
+    source: AdaptResult, target_volumes: list[PreparedVolume]
+) -> None:
+    options = AdaptOptions(iterations=1, adabn=True, **FAST)
+    result = adapt(net(source), source.config, target_volumes, "spottune", options)
+    assert isinstance(result.model, SpotTUNet)
+    for key, value in source.model.state_dict().items():
+        assert torch.equal(result.model.frozen.state_dict()[key], value), key
+    key = "init.block0.unit1.norm.running_mean"
+    assert not torch.equal(result.model.trainable.state_dict()[key], source.model.state_dict()[key])
+
+
+@pytest.mark.parametrize("method", ["finetune-all", "spottune"])
+def test_same_seed_same_loss_history(
+    source: AdaptResult, target_volumes: list[PreparedVolume], method: str
+) -> None:
+    def history(seed: int) -> list[float]:
+        options = AdaptOptions(iterations=4, seed=seed, **FAST)
+        result = adapt(net(source), source.config, target_volumes, method, options)
+        return [h["loss"] for h in result.history]
+
+    assert history(3) == history(3)
+    assert history(3) != history(4)
+
+
+def test_progress_and_cancel(source: AdaptResult, target_volumes: list[PreparedVolume]) -> None:
+    reports: list[Progress] = []
+    with pytest.raises(Cancelled):
+        adapt(net(source), source.config, target_volumes, "finetune-all",
+              AdaptOptions(iterations=50, **FAST), progress=reports.append,
+              should_stop=lambda: len(reports) >= 2)
+    assert [r.step for r in reports] == [1, 2]
+    assert all(r.total == 50 and r.loss is not None and r.eta_seconds is not None
+               for r in reports)
+
+
+@pytest.mark.parametrize(
+    ("method", "config", "match"),
+    [("finetune-middle", None, "unknown method"),
+     ("spottune", ModelConfig(width=8, depth=2, blocks_per_stage=1,
+                              gating=GatingConfig(policy="global")), "plain UNet")],
+)
+def test_bad_requests_are_refused(source: AdaptResult, target_volumes: list[PreparedVolume],
+                                  method: str, config: ModelConfig | None, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        adapt(net(source), config or source.config, target_volumes, method, AdaptOptions())
+
+
+def test_patch_size_must_fit_the_model(source: AdaptResult,
+                                       target_volumes: list[PreparedVolume]) -> None:
+    with pytest.raises(ValueError, match="multiple of 4"):
+        adapt(net(source), source.config, target_volumes, "finetune-all",
+              AdaptOptions(patch_size=30, iterations=1))

@@ -1,0 +1,46 @@
+"""The API test fixtures (a migrated Postgres database per session, clinics, clients), with a
+Redis database of its own so these tests never touch the queues of tests/app or tests/worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from spottune.app.settings import Settings
+from tests.app.conftest import (  # noqa: F401  (fixtures are found by name)
+    MAX_UPLOAD,
+    _clean_tables,
+    client,
+    clinic_a,
+    clinic_b,
+    database_url,
+    engine,
+    phantom,
+    session_factory,
+    weights_bytes,
+)
+
+REDIS_DB = 13
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:  # noqa: F811
+    return Settings(
+        database_url=database_url,
+        broker_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
+        data_dir=tmp_path_factory.mktemp("data"),
+        max_upload_bytes=MAX_UPLOAD,
+        max_voxels=64**3,
+        clinic_max_concurrent_jobs=3,
+        clinic_max_stored_bytes=50 * MAX_UPLOAD,
+    )
+
+
+@pytest.fixture()
+def broker() -> Iterator[redis.Redis]:
+    r = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    r.flushdb()
+    yield r
+    r.flushdb()
