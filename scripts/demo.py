@@ -28,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_SITE, TARGET_SITE = "siemens15", "philips3"  # T1 -> T2-like: a large domain shift
 SPACING_MM = 3.0  # the quick benchmark's voxels
-PRETRAIN = {"width": 8, "depth": 3, "blocks_per_stage": 2, "spacing_mm": [SPACING_MM] * 2,
+PRETRAIN = {"width": 8, "depth": 3, "blocks_per_stage": 1, "spacing_mm": [SPACING_MM] * 2,
             "patch_size": 64, "iterations": 300, "batch_size": 16, "learning_rate": 0.01}
 ADAPT = {"iterations": 150, "batch_size": 16, "learning_rate": 0.01}
 ANNOTATED_SLICES = 5  # axial slices of one target-site scan the clinic annotated

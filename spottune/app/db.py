@@ -26,8 +26,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets foreign keys and WAL, Postgres a pre-ping pool."""
+def create_db_engine(url: str, pool_size: int = 40, max_overflow: int = 10) -> Engine:
+    """An engine for ``url``; SQLite gets foreign keys and WAL, Postgres a pre-ping pool.
+
+    The pool should cover the API's thread pool (40 threads by default), each request holding
+    one connection: a smaller pool only makes requests queue for a connection.
+    """
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
@@ -36,7 +40,12 @@ def create_db_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5}
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=10,
+        connect_args={"connect_timeout": 5},
     )
 
 
@@ -45,23 +54,25 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @lru_cache
-def _engine_for(url: str) -> Engine:
-    return create_db_engine(url)
+def _engine_for(url: str, pool_size: int = 40, max_overflow: int = 10) -> Engine:
+    return create_db_engine(url, pool_size, max_overflow)
 
 
 def get_engine(settings: Settings | None = None) -> Engine:
     """The process-wide engine for ``settings`` (default: :func:`get_settings`)."""
-    return _engine_for((settings or get_settings()).database_url)
+    settings = settings or get_settings()
+    return _engine_for(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
 
 
 def get_session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
     """The process-wide session factory (one per database URL)."""
-    return _factory_for((settings or get_settings()).database_url)
+    settings = settings or get_settings()
+    return _factory_for(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
 
 
 @lru_cache
-def _factory_for(url: str) -> sessionmaker[Session]:
-    return make_session_factory(_engine_for(url))
+def _factory_for(url: str, pool_size: int = 40, max_overflow: int = 10) -> sessionmaker[Session]:
+    return make_session_factory(_engine_for(url, pool_size, max_overflow))
 
 
 @contextmanager

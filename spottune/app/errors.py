@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ _HTTP_CODES = {
 }
 
 
+_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's own detail
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) or "request"
@@ -101,6 +105,11 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400 and message == _PARSE_ERROR:
+        message = (
+            "the request body cannot be parsed: send UTF-8 JSON (Content-Type: application/json)"
+            " or a well-formed multipart form for uploads"
+        )
     return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
 
 
@@ -123,6 +132,16 @@ async def _database_down(_: Request, exc: Exception) -> JSONResponse:
     return database_unavailable_response()
 
 
+async def _pool_exhausted(_: Request, exc: Exception) -> JSONResponse:
+    logger.warning("request refused: no database connection free in time")
+    return error_response(
+        503,
+        "busy",
+        "the service is overloaded (no database connection free); retry in a moment",
+        {"Retry-After": "2"},
+    )
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error")
     return error_response(500, "internal_error", "an internal error occurred; retry or report it")
@@ -134,4 +153,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(InterfaceError, _database_down)
+    app.add_exception_handler(PoolTimeout, _pool_exhausted)
     app.add_exception_handler(Exception, _unexpected)

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15.0, gt=0)
     visibility_timeout_s: int = Field(default=6 * 3600, gt=0)
     broker_send_timeout_s: float = Field(default=2.0, gt=0)
+    db_pool_size: int = Field(default=40, ge=1)  # kept open: covers the API thread pool (40)
+    db_max_overflow: int = Field(default=10, ge=0)  # opened (and closed) beyond that
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:

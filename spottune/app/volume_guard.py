@@ -29,7 +29,12 @@ TRAILING_SLACK = 1024 * 1024  # MGH tags and stray padding after the voxel data,
 GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI1_BYTES, _NIFTI2_BYTES, _MGH_BYTES = 348, 540, 284
 _COMPRESSED = (".nii.gz", ".mgz")
-_MGH_TYPES = {0: np.dtype(">u1"), 1: np.dtype(">i4"), 3: np.dtype(">f4"), 4: np.dtype(">i2")}
+_MGH_TYPES: dict[int, np.dtype] = {
+    0: np.dtype(">u1"),
+    1: np.dtype(">i4"),
+    3: np.dtype(">f4"),
+    4: np.dtype(">i2"),
+}
 
 
 def _refuse(what: str, problem: str) -> Invalid:

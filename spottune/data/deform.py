@@ -65,9 +65,8 @@ def random_coordinates(
     coords = np.empty((3, *grid.shape), dtype=np.float32)
     for out_axis in range(3):
         position = np.float32(shift[out_axis]) + sum(
-            np.float32(linear[out_axis, a]) * axes_mm[a].astype(np.float32).reshape(
-                [-1 if b == a else 1 for b in range(3)]
-            )
+            np.float32(linear[out_axis, a])
+            * axes_mm[a].astype(np.float32).reshape([-1 if b == a else 1 for b in range(3)])
             for a in range(3)
         )
         position = position + smooth_random_field(
@@ -80,7 +79,11 @@ def random_coordinates(
 def warp(volume: np.ndarray, coords: np.ndarray, order: int = 1) -> np.ndarray:
     """Resample ``volume`` [X, Y, Z] at ``coords`` [3, X', Y', Z'] (outside = 0), float32."""
     return ndimage.map_coordinates(
-        volume.astype(np.float32, copy=False), coords, order=order, mode="constant", cval=0.0,
+        volume.astype(np.float32, copy=False),
+        coords,
+        order=order,
+        mode="constant",
+        cval=0.0,
         output=np.float32,
     )
 

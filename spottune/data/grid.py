@@ -48,12 +48,16 @@ class Grid:
 
 
 def smooth_random_field(
-    grid: Grid, rng: np.random.Generator, sigma_mm: float, std: float, control_mm: float | None = None
+    grid: Grid,
+    rng: np.random.Generator,
+    sigma_mm: float,
+    std: float,
+    control_mm: float | None = None,
 ) -> np.ndarray:
     """A smooth random scalar field on ``grid``: Gaussian bumps with random weights.
 
-    The field is a sum of separable Gaussian kernels (width ``sigma_mm``) centred on a coarse lattice
-    of control points every ``control_mm`` (default sigma / 2) with standard-normal weights, rescaled
+    A sum of separable Gaussian kernels (width ``sigma_mm``) centred on a coarse lattice of
+    control points every ``control_mm`` (default sigma / 2) with standard-normal weights, rescaled
     to have standard deviation ``std`` over the grid. Being separable, it costs three small matrix
     products instead of a full-volume Gaussian filter.
 

@@ -48,13 +48,13 @@ def _normalise(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def load_registry_head(files: HeadFiles, grid: Grid) -> Head:
-    """Reorient ``files`` to RAS, resample to ``grid.spacing`` and crop/pad to ``grid`` around the brain.
+    """Reorient to RAS, resample to ``grid.spacing`` and crop/pad to ``grid`` around the brain.
 
     One affine resampling does all three: each grid voxel is mapped through world space into the
     source voxel array. The brain's bounding-box centre lands on the grid centre.
     """
-    image_nii = nib.load(files.image)
-    mask_nii = nib.load(files.mask)
+    image_nii: nib.spatialimages.SpatialImage = nib.load(files.image)  # type: ignore[assignment]
+    mask_nii: nib.spatialimages.SpatialImage = nib.load(files.mask)  # type: ignore[assignment]
     image = np.asarray(image_nii.dataobj, dtype=np.float32)
     mask = np.asarray(mask_nii.dataobj, dtype=np.float32) > files.source.mask_threshold
     if image.shape != mask.shape or not np.allclose(image_nii.affine, mask_nii.affine, atol=1e-3):
@@ -69,7 +69,11 @@ def load_registry_head(files: HeadFiles, grid: Grid) -> Head:
     to_source = np.linalg.inv(source_affine) @ to_world
     source_spacing = np.sqrt((source_affine[:3, :3] ** 2).sum(axis=0))
     # Anti-aliasing before downsampling (quick mode): Gaussian PSF of the coarser voxel.
-    sigma = np.sqrt(np.maximum(np.max(grid.spacing) ** 2 - source_spacing**2, 0.0)) / 2.355 / source_spacing
+    sigma = (
+        np.sqrt(np.maximum(np.max(grid.spacing) ** 2 - source_spacing**2, 0.0))
+        / 2.355
+        / source_spacing
+    )
     smoothed = ndimage.gaussian_filter(image, sigma) if np.any(sigma > 0.3) else image
     kwargs = {"matrix": to_source[:3, :3], "offset": to_source[:3, 3], "output_shape": grid.shape}
     resampled = ndimage.affine_transform(smoothed, order=1, cval=0.0, **kwargs)
@@ -77,7 +81,9 @@ def load_registry_head(files: HeadFiles, grid: Grid) -> Head:
     brain = (resampled_mask >= 0.5).astype(np.uint8)
     touching = [axis for axis in range(3) if brain.take([0, -1], axis=axis).any()]
     if touching:
-        logger.info("%s: brain mask reaches the field of view along axes %s", files.source.head, touching)
+        logger.info(
+            "%s: brain mask reaches the field of view along axes %s", files.source.head, touching
+        )
     return Head(name=files.source.head, image=_normalise(resampled, brain), mask=brain, grid=grid)
 
 
@@ -87,7 +93,7 @@ def _ellipsoid_distance(coords: list[np.ndarray], radii: tuple[float, float, flo
 
 
 def make_phantom_head(index: int, grid: Grid, seed: int = 0) -> Head:
-    """A built-in ellipsoid head (no download): scalp fat, skull, CSF, cortex, white matter, ventricles.
+    """A built-in ellipsoid head (no download): scalp, skull, CSF, cortex, white matter, ventricles.
 
     Phantom ``index`` (0, 1, 2, ...) picks its proportions; the brain mask is the brain tissue
     (cortex + white matter + ventricles), as in the real masks. Tissue values follow the normalised
@@ -96,7 +102,8 @@ def make_phantom_head(index: int, grid: Grid, seed: int = 0) -> Head:
     rng = np.random.default_rng([seed, 7919, index])
     coords = np.meshgrid(*(grid.axis_mm(a) for a in range(3)), indexing="ij", sparse=True)
     fov = np.asarray(grid.shape) * np.asarray(grid.spacing)
-    brain_radii = tuple(float(r) for r in fov * (0.36 + 0.03 * rng.uniform(-1, 1, 3)))
+    rx, ry, rz = (float(r) for r in fov * (0.36 + 0.03 * rng.uniform(-1, 1, 3)))
+    brain_radii = (rx, ry, rz)
     # a wobbly grey/white boundary so the deformations have structure to move
     wobble = rng.uniform(0.05, 0.08) * np.sin(coords[0] / 9.0 + index) * np.cos(coords[1] / 11.0)
     r_brain = _ellipsoid_distance(list(coords), brain_radii)

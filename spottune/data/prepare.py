@@ -1,4 +1,4 @@
-"""Build the multi-site benchmark: heads -> subjects (deformations) -> sites -> NIfTI files + manifest.
+"""Build the multi-site benchmark: heads -> subjects (deformations) -> sites -> files + manifest.
 
 Everything is seeded. Each scan draws from its own random stream, keyed by (seed, site, head,
 subject), so the files do not depend on worker count or order, and the same seed gives
@@ -90,8 +90,18 @@ def plan_jobs(options: PrepareOptions, heads: Sequence[Head]) -> list[ScanJob]:
                 subject_index = site_index * options.subjects_per_head + k
                 subject = f"{head.name}-s{subject_index:02d}"
                 scan_id = f"{site}-{subject}"
-                jobs.append(ScanJob(site, site_index, head_index, subject_index, scan_id, subject,
-                                    image=f"{site}/{scan_id}.nii.gz", mask=f"{site}/{scan_id}_mask.nii.gz"))
+                jobs.append(
+                    ScanJob(
+                        site,
+                        site_index,
+                        head_index,
+                        subject_index,
+                        scan_id,
+                        subject,
+                        image=f"{site}/{scan_id}.nii.gz",
+                        mask=f"{site}/{scan_id}_mask.nii.gz",
+                    )
+                )
     return jobs
 
 
@@ -107,7 +117,9 @@ def build_scan(job: ScanJob, seed: int, out: Path, gzip_level: int) -> str:
     head = _HEADS[job.head_index]
     subject_rng = np.random.default_rng([seed, _STREAM_SUBJECT, job.head_index, job.subject_index])
     image, mask = make_subject(head, subject_rng)
-    site_rng = np.random.default_rng([seed, _STREAM_SITE, job.site_index, job.head_index, job.subject_index])
+    site_rng = np.random.default_rng(
+        [seed, _STREAM_SITE, job.site_index, job.head_index, job.subject_index]
+    )
     scan = acquire(get_site(job.site), image, mask, head.grid, site_rng)
     for relative, data in ((job.image, scan.image), (job.mask, scan.mask)):
         path = out / relative
@@ -127,8 +139,14 @@ def manifest_dict(options: PrepareOptions, jobs: Sequence[ScanJob], heads: Seque
         "fov_mm": list(FOV_MM),
         "heads": {head.name: {} for head in heads},
         "scans": [
-            {"id": j.scan_id, "site": j.site, "head": heads[j.head_index].name, "subject": j.subject,
-             "image": j.image, "mask": j.mask}
+            {
+                "id": j.scan_id,
+                "site": j.site,
+                "head": heads[j.head_index].name,
+                "subject": j.subject,
+                "image": j.image,
+                "mask": j.mask,
+            }
             for j in jobs
         ],
     }
@@ -136,8 +154,10 @@ def manifest_dict(options: PrepareOptions, jobs: Sequence[ScanJob], heads: Seque
         for source in HEADS:
             if source.head in manifest["heads"]:
                 manifest["heads"][source.head] = {
-                    "package": source.requirement, "image": source.image_member,
-                    "image_sha256": source.image_sha256, "mask": source.mask_member,
+                    "package": source.requirement,
+                    "image": source.image_member,
+                    "image_sha256": source.image_sha256,
+                    "mask": source.mask_member,
                     "mask_sha256": source.mask_sha256,
                 }
     return manifest
@@ -162,10 +182,13 @@ def prepare(options: PrepareOptions, progress: Callable[[int, int], None] | None
                 progress(done, len(jobs))
     else:
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(heads,)) as pool:
-            futures = [pool.submit(build_scan, job, options.seed, options.out, options.gzip_level)
-                       for job in jobs]
+        with ProcessPoolExecutor(
+            options.workers, mp_context=context, initializer=_init_worker, initargs=(heads,)
+        ) as pool:
+            futures = [
+                pool.submit(build_scan, job, options.seed, options.out, options.gzip_level)
+                for job in jobs
+            ]
             for future in futures:
                 future.result()
                 done += 1
@@ -173,5 +196,7 @@ def prepare(options: PrepareOptions, progress: Callable[[int, int], None] | None
                     progress(done, len(jobs))
     manifest_path = options.out / "manifest.json"
     manifest_path.write_text(json.dumps(manifest_dict(options, jobs, heads), indent=2) + "\n")
-    logger.info("wrote %d scans to %s in %.1f s", len(jobs), options.out, time.perf_counter() - start)
+    logger.info(
+        "wrote %d scans to %s in %.1f s", len(jobs), options.out, time.perf_counter() - start
+    )
     return manifest_path

@@ -1,8 +1,8 @@
 """Scanner sites: acquisition profiles that change what a scanner changes.
 
 A profile turns a subject (normalised T1 on the common 1 mm grid) into that site's scan: contrast
-curve, multiplicative bias field, point-spread blur, its own voxel grid and orientation, Rician noise
-and the scanner's integer intensity range. The brain mask is carried to the same voxel grid.
+curve, multiplicative bias field, point-spread blur, its own voxel grid and orientation, Rician
+noise and the scanner's integer intensity range. The brain mask is carried to the same voxel grid.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ class SiteProfile:
         bias_std: standard deviation of the log bias field (0.1 ~ +-10% smooth shading).
         noise: Rician noise sigma relative to white matter (normalised intensity 1).
         blur_fwhm_mm: extra Gaussian point-spread FWHM per RAS axis, mm.
-        voxel_scale: site voxel size = base spacing x this, per RAS axis (thick slices, coarser grid).
-        flip_axes: RAS axes stored reversed (e.g. (0, 1) = LPS orientation, as DICOM scanners write).
+        voxel_scale: site voxel size = base spacing x this, per RAS axis (thick slices etc.).
+        flip_axes: RAS axes stored reversed (e.g. (0, 1) = LPS, as DICOM-based scanners write).
         intensity_max: stored integer value of normalised intensity 1.
     """
 
@@ -81,29 +81,52 @@ class SiteProfile:
 
 SITES: tuple[SiteProfile, ...] = (
     SiteProfile(
-        "siemens15", "reference T1: 1 mm isotropic RAS, mild bias field (8%), low Rician noise (2%)",
-        contrast_t1, bias_std=0.08, noise=0.02, intensity_max=1000.0,
+        "siemens15",
+        "reference T1: 1 mm isotropic RAS, mild bias field (8%), low Rician noise (2%)",
+        contrast_t1,
+        bias_std=0.08,
+        noise=0.02,
+        intensity_max=1000.0,
     ),
     SiteProfile(
-        "ge3", "T1 with gamma-0.5 contrast curve (bright CSF/grey, compressed grey-white), strong "
+        "ge3",
+        "T1 with gamma-0.5 contrast curve (bright CSF/grey, compressed grey-white), strong "
         "bias field (25%), 1.2 mm isotropic voxels stored LPS, Rician noise 3%",
-        contrast_gamma, bias_std=0.25, noise=0.03, voxel_scale=(1.2, 1.2, 1.2), flip_axes=(0, 1),
+        contrast_gamma,
+        bias_std=0.25,
+        noise=0.03,
+        voxel_scale=(1.2, 1.2, 1.2),
+        flip_axes=(0, 1),
         intensity_max=3000.0,
     ),
     SiteProfile(
-        "philips15", "T1 from sagittal 3 mm thick slices (3x1x1 mm voxels, slab blur), steep sigmoid "
+        "philips15",
+        "T1 from sagittal 3 mm thick slices (3x1x1 mm voxels, slab blur), steep sigmoid "
         "contrast, bias field 15%, high Rician noise (6%)",
-        contrast_sigmoid, bias_std=0.15, noise=0.06, voxel_scale=(3.0, 1.0, 1.0), intensity_max=250.0,
+        contrast_sigmoid,
+        bias_std=0.15,
+        noise=0.06,
+        voxel_scale=(3.0, 1.0, 1.0),
+        intensity_max=250.0,
     ),
     SiteProfile(
-        "philips3", "T2-like: tissue contrast inverted inside the head (CSF bright, white matter dark, "
+        "philips3",
+        "T2-like: tissue contrast inverted inside the head (CSF bright, white matter dark, "
         "background dark), 1 mm isotropic, bias field 10%, Rician noise 3%",
-        contrast_t2_like, bias_std=0.10, noise=0.03, intensity_max=2000.0,
+        contrast_t2_like,
+        bias_std=0.10,
+        noise=0.03,
+        intensity_max=2000.0,
     ),
     SiteProfile(
-        "siemens3", "T1 with flat grey/white contrast, in-plane blur (FWHM 2.5 mm), bias field 20%, "
+        "siemens3",
+        "T1 with flat grey/white contrast, in-plane blur (FWHM 2.5 mm), bias field 20%, "
         "Rician noise 4%, 1 mm isotropic",
-        contrast_flat, bias_std=0.20, noise=0.04, blur_fwhm_mm=(2.5, 2.5, 0.0), intensity_max=1500.0,
+        contrast_flat,
+        bias_std=0.20,
+        noise=0.04,
+        blur_fwhm_mm=(2.5, 2.5, 0.0),
+        intensity_max=1500.0,
     ),
 )
 SITE_NAMES: tuple[str, ...] = tuple(site.name for site in SITES)
@@ -118,7 +141,7 @@ def get_site(name: str) -> SiteProfile:
 
 @dataclass(frozen=True)
 class SiteScan:
-    """A scan as the site stores it. image: int16 [X, Y, Z]; mask: uint8, same grid; affine: 4x4 mm."""
+    """A scan as the site stores it. image: int16 [X, Y, Z]; mask: uint8, same grid; affine 4x4."""
 
     image: np.ndarray
     mask: np.ndarray
@@ -130,11 +153,19 @@ def _resample_to(volume: np.ndarray, base: Grid, target: Grid) -> np.ndarray:
     scale = np.asarray(target.spacing) / np.asarray(base.spacing)
     offset = (target.origin - base.origin) / np.asarray(base.spacing)
     return ndimage.affine_transform(
-        volume, scale, offset=offset, output_shape=target.shape, order=1, cval=0.0, output=np.float32
+        volume,
+        scale,
+        offset=offset,
+        output_shape=target.shape,
+        order=1,
+        cval=0.0,
+        output=np.float32,
     )
 
 
-def _flip(volume: np.ndarray, affine: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _flip(
+    volume: np.ndarray, affine: np.ndarray, axes: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """Store ``axes`` reversed; the affine is updated so world positions are unchanged."""
     flipped = affine.copy()
     for axis in axes:
@@ -150,7 +181,9 @@ def acquire(
     """Turn a subject (normalised float32 image and uint8 mask on ``base``) into ``site``'s scan."""
     signal = site.contrast(image).astype(np.float32)
     signal *= np.exp(smooth_random_field(base, rng, sigma_mm=BIAS_SIGMA_MM, std=site.bias_std))
-    target = Grid.covering(FOV_MM, tuple(s * f for s, f in zip(base.spacing, site.voxel_scale, strict=True)))
+    target = Grid.covering(
+        FOV_MM, tuple(s * f for s, f in zip(base.spacing, site.voxel_scale, strict=True))
+    )
     # Point spread: the site's own blur plus the slab/voxel profile when its voxels are coarser.
     fwhm = np.sqrt(
         np.asarray(site.blur_fwhm_mm) ** 2
@@ -166,7 +199,9 @@ def acquire(
     real = signal + rng.normal(0.0, site.noise, signal.shape).astype(np.float32)
     imaginary = rng.normal(0.0, site.noise, signal.shape).astype(np.float32)
     magnitude = np.sqrt(real * real + imaginary * imaginary)
-    stored = np.clip(np.rint(magnitude * site.intensity_max), 0, np.iinfo(np.int16).max).astype(np.int16)
+    stored = np.clip(np.rint(magnitude * site.intensity_max), 0, np.iinfo(np.int16).max).astype(
+        np.int16
+    )
     stored, affine = _flip(stored, target.affine, site.flip_axes)
     mask, _ = _flip(np.asarray(mask, dtype=np.uint8), target.affine, site.flip_axes)
     return SiteScan(image=stored, mask=mask, affine=affine)

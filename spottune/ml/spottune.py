@@ -16,6 +16,51 @@ from spottune.ml.network import UNet
 from spottune.ml.policy import PolicyKind, make_policy, sample_gates
 
 
+class _GateMix(torch.autograd.Function):
+    """out = g * trainable_out + (1 - g) * frozen_out for hard g in {0, 1}, straight-through.
+
+    Gradients equal those of that expression (and of torch.lerp), but a twin no sample chose gets
+    None instead of a zero tensor, so autograd skips its whole backward pass: with the global
+    policy the unchosen twins cost a forward pass only.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        frozen_out: Tensor,
+        trainable_out: Tensor,
+        gate: Tensor,
+        all_trainable: bool,
+        all_frozen: bool,
+    ) -> Tensor:
+        ctx.save_for_backward(frozen_out, trainable_out, gate)
+        ctx.all_trainable, ctx.all_frozen = all_trainable, all_frozen  # type: ignore[attr-defined]
+        weight = gate.view(-1, 1, 1, 1).to(trainable_out.dtype)
+        # lerp(f, t, w) is exactly f at w = 0 and exactly t at w = 1, in one kernel.
+        return torch.lerp(frozen_out, trainable_out, weight)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        frozen_out, trainable_out, gate = ctx.saved_tensors  # type: ignore[attr-defined]
+        all_trainable: bool = ctx.all_trainable  # type: ignore[attr-defined]
+        all_frozen: bool = ctx.all_frozen  # type: ignore[attr-defined]
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        weight = gate.view(-1, 1, 1, 1).to(grad.dtype)
+        grad_gate = None
+        if needs[2]:
+            per_sample = (grad * (trainable_out - frozen_out)).sum(dim=(1, 2, 3))
+            grad_gate = per_sample.sum().view(1) if gate.numel() == 1 else per_sample
+            grad_gate = grad_gate.to(gate.dtype)
+        grad_frozen = grad_trainable = None
+        if needs[0] and not all_trainable:
+            grad_frozen = grad if all_frozen else grad * (1 - weight)
+        if needs[1] and not all_frozen:
+            grad_trainable = grad if all_trainable else grad * weight
+        return grad_frozen, grad_trainable, grad_gate, None, None
+
+
 class SpotTUNet(nn.Module):
     """Gated U-Net. forward(x [B, C, H, W]) -> logits [B, 1, H, W], like UNet.
 
@@ -69,27 +114,31 @@ class SpotTUNet(nn.Module):
         gates carry gradient to the policy in train mode.
         """
         gates = sample_gates(self.gate_logits(x), self.temperature, self.training)
+        hard = gates.detach().to("cpu", torch.bool)  # one device sync per forward, not per gate
+        all_trainable, all_frozen = hard.all(0).tolist(), (~hard).all(0).tolist()
 
         def run(name: str, h: Tensor) -> Tensor:
-            return self._gated(name, gates[:, self._gate_index[name]], h)
+            i = self._gate_index[name]
+            return self._gated(name, gates[:, i], h, all_trainable[i], all_frozen[i])
 
         out = self.trainable.forward_units(x, run)
         return out, gates.expand(x.shape[0], -1)
 
-    def _gated(self, name: str, g: Tensor, h: Tensor) -> Tensor:
-        """g [B] or [1] in {0, 1}; h [B, C, H, W]."""
+    def _gated(
+        self, name: str, g: Tensor, h: Tensor, all_trainable: bool, all_frozen: bool
+    ) -> Tensor:
+        """g [B] or [1] in {0, 1}; h [B, C, H, W]; the flags: every sample chose that twin."""
         trainable = self.trainable.get_submodule(name)
         frozen = self.frozen.get_submodule(name)
         if not (torch.is_grad_enabled() and g.requires_grad):
-            # Hard decisions without a gradient to the policy: skip a branch nobody chose.
-            if bool((g == 1).all()):
+            # No gradient to the policy: the branch nobody chose need not run at all.
+            if all_trainable:
                 return trainable(h)
-            if bool((g == 0).all()):
+            if all_frozen:
                 return frozen(h)
         t_out, f_out = trainable(h), frozen(h)
-        weight = g.view(-1, 1, 1, 1).to(t_out.dtype)
-        # lerp(f, t, w) is exactly f at w = 0 and exactly t at w = 1, in one kernel.
-        return torch.lerp(f_out.to(t_out.dtype), t_out, weight)
+        out: Tensor = _GateMix.apply(f_out.to(t_out.dtype), t_out, g, all_trainable, all_frozen)
+        return out
 
     @torch.no_grad()
     def global_decisions(self) -> Tensor:

@@ -1,4 +1,4 @@
-"""`spottune data prepare`: determinism, mask alignment, manifest, site profiles (synthetic heads only)."""
+"""`spottune data prepare`: determinism, mask alignment, manifest, sites (synthetic heads only)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,13 @@ QUICK_GRID = Grid.covering(FOV_MM, (QUICK_SPACING_MM,) * 3)
 
 
 def _options(out: Path, seed: int = 0, **overrides: object) -> PrepareOptions:
-    base = {"out": out, "seed": seed, "subjects_per_head": 1, "spacing_mm": QUICK_SPACING_MM,
-            "source": "synthetic"}
+    base = {
+        "out": out,
+        "seed": seed,
+        "subjects_per_head": 1,
+        "spacing_mm": QUICK_SPACING_MM,
+        "source": "synthetic",
+    }
     base.update(overrides)
     return PrepareOptions(**base)  # type: ignore[arg-type]
 
@@ -40,14 +45,18 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
-def test_same_seed_gives_identical_bytes_and_other_seed_differs(built: Path, tmp_path: Path) -> None:
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(
+    built: Path, tmp_path: Path
+) -> None:
     again = prepare(_options(tmp_path / "b", workers=2)).parent  # worker count must not matter
     first, second = _files(built), _files(again)
     assert first.keys() == second.keys()
@@ -103,7 +112,9 @@ def test_site_mask_lies_on_the_site_image_grid(site: object) -> None:
     """With contrast, bias and noise off, the stored image of an indicator head matches its mask."""
     phantom = make_phantom_head(2, QUICK_GRID)
     clean = dataclasses.replace(site, contrast=contrast_t1, bias_std=0.0, noise=0.0)  # type: ignore[type-var]
-    scan = acquire(clean, phantom.mask.astype(np.float32), phantom.mask, QUICK_GRID, np.random.default_rng(0))
+    scan = acquire(
+        clean, phantom.mask.astype(np.float32), phantom.mask, QUICK_GRID, np.random.default_rng(0)
+    )
     assert scan.image.shape == scan.mask.shape
     assert _dice(scan.image >= clean.intensity_max / 2, scan.mask.astype(bool)) > 0.95
     world_centre = scan.affine @ np.r_[(np.asarray(scan.mask.shape) - 1) / 2, 1]
@@ -136,14 +147,39 @@ def test_each_site_changes_the_image() -> None:
 
 def test_cli_prepare_quick_synthetic(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    result = CliRunner().invoke(data_app, ["prepare", "--quick", "--source", "synthetic", "--out", str(out),
-                                           "--sites", "siemens15,philips3", "--subjects-per-head", "1",
-                                           "--workers", "1"])
+    result = CliRunner().invoke(
+        data_app,
+        [
+            "prepare",
+            "--quick",
+            "--source",
+            "synthetic",
+            "--out",
+            str(out),
+            "--sites",
+            "siemens15,philips3",
+            "--subjects-per-head",
+            "1",
+            "--workers",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["sites"]) == ["siemens15", "philips3"] and len(manifest["scans"]) == 6
-    bad = CliRunner().invoke(data_app, ["prepare", "--quick", "--source", "synthetic", "--out", str(out),
-                                        "--sites", "nosuchscanner"])
+    bad = CliRunner().invoke(
+        data_app,
+        [
+            "prepare",
+            "--quick",
+            "--source",
+            "synthetic",
+            "--out",
+            str(out),
+            "--sites",
+            "nosuchscanner",
+        ],
+    )
     assert bad.exit_code != 0 and "nosuchscanner" in bad.output
 
 
@@ -154,8 +190,17 @@ def _fake_source(tmp_path: Path, payload: bytes, recorded: bytes) -> HeadSource:
         wheel.writestr("fake/head.nii.gz", payload)
         wheel.writestr("fake/mask.nii.gz", payload)
     digest = hashlib.sha256(recorded).hexdigest()
-    return HeadSource("fake", "fakehead==1.0", False, "fakehead-1.0-*.whl", "fake/head.nii.gz",
-                      "fake/mask.nii.gz", digest, digest, 0.5)
+    return HeadSource(
+        "fake",
+        "fakehead==1.0",
+        False,
+        "fakehead-1.0-*.whl",
+        "fake/head.nii.gz",
+        "fake/mask.nii.gz",
+        digest,
+        digest,
+        0.5,
+    )
 
 
 def test_fetch_extracts_from_cached_archive_and_checks_sha256(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import torch
 from spottune.ml.loop import nesterov_sgd, train_step
 from spottune.ml.network import UNet
 from spottune.ml.policy import GlobalPolicy
-from spottune.ml.spottune import SpotTUNet
+from spottune.ml.spottune import SpotTUNet, _GateMix
 
 PolicyKind = str
 
@@ -122,3 +122,24 @@ def test_export_equals_the_gated_model() -> None:
 def test_export_needs_the_global_policy() -> None:
     with pytest.raises(ValueError, match="global"):
         SpotTUNet(tiny_base(), "instance").export()
+
+
+@pytest.mark.parametrize("gate", [[1.0, 0.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0], [0.0]])
+def test_gate_mix_has_the_gradients_of_the_plain_expression(gate: list[float]) -> None:
+    torch.manual_seed(0)
+    f = torch.randn(3, 2, 4, 4, requires_grad=True)
+    t = torch.randn(3, 2, 4, 4, requires_grad=True)
+    g = torch.tensor(gate, requires_grad=True)
+    weight = torch.randn(3, 2, 4, 4)
+    hard = g.detach().bool()
+    mixed = _GateMix.apply(f, t, g, bool(hard.all()), bool((~hard).all()))
+    (mixed * weight).sum().backward()
+    got = [x.grad.clone() if x.grad is not None else torch.zeros_like(x) for x in (f, t, g)]
+    for x in (f, t, g):
+        x.grad = None
+    w = g.view(-1, 1, 1, 1)
+    reference = w * t + (1 - w) * f
+    torch.testing.assert_close(mixed, reference)
+    (reference * weight).sum().backward()
+    for mine, expected in zip(got, (f.grad, t.grad, g.grad), strict=True):
+        torch.testing.assert_close(mine, expected)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ from spottune.app.models import Mask
 from spottune.app.settings import Settings
 from tests.app.helpers import ClinicCtx, upload_model, upload_scan
 
-MAX_EXAMPLES = 15
+MAX_EXAMPLES = 20
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -39,6 +40,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 UPLOADS = {("POST", "/v1/scans"), ("POST", "/v1/models")}
+TALLY: Counter[str] = Counter()  # status codes seen and operations exercised, for the summary
 
 
 # The document does not depend on the database: load it from an app that never connects
@@ -106,4 +108,17 @@ def test_api_conforms_and_never_fails(
     # Schemathesis cannot produce valid NIfTI or safetensors files: for uploads only the
     # "never a server error" check applies (their refusals are tested in test_hostile_uploads).
     checks = [not_a_server_error] if upload else CHECKS
-    case.call_and_validate(app=client.app, headers=clinic_a.headers, checks=checks)
+    try:
+        response = case.call_and_validate(app=client.app, headers=clinic_a.headers, checks=checks)
+    finally:
+        TALLY[case.operation.label] += 0  # the operation was exercised
+    TALLY[str(response.status_code)] += 1
+
+
+def test_fuzz_summary() -> None:
+    """Runs after the fuzzing above: enough requests were made and none failed with 5xx."""
+    statuses = {k: v for k, v in TALLY.items() if k.isdigit()}
+    operations = [k for k in TALLY if not k.isdigit()]
+    print(f"fuzzing: {sum(statuses.values())} requests, {len(operations)} operations, {statuses}")
+    assert len(operations) >= 20 and sum(statuses.values()) >= 10 * len(operations)
+    assert not [code for code in statuses if code.startswith("5")], statuses

@@ -251,7 +251,8 @@ def _weights_cases() -> list[tuple[str, bytes, tuple[str, ...]]]:
         ("header-not-object", hostile.safetensors_bytes([1, 2], b""), ("header",)),  # type: ignore[arg-type]
         ("overlapping", hostile.safetensors_bytes(
             {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-             "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), ("overlap",)),
+             "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+         ("overlap",)),
     ]  # fmt: skip
 
 

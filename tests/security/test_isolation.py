@@ -99,9 +99,7 @@ def test_keys_compared_in_constant_time_and_stored_hashed(
     source = inspect.getsource(deps.authenticate)
     assert "key_matches(" in source and "break" not in source and "==" not in source
     with session_factory() as session:
-        dump = " ".join(
-            str(row) for row in session.execute(text("SELECT * FROM api_keys")).all()
-        )
+        dump = " ".join(str(row) for row in session.execute(text("SELECT * FROM api_keys")).all())
     assert clinic_a.key not in dump and security.hash_key(clinic_a.key) in dump
 
 
@@ -206,8 +204,11 @@ def test_no_key_or_file_name_in_logs(
         "/v1/models", headers=headers, data={"config": '{"width": 4, "depth": 2}'},
         files={"weights": (f"{secret_name}.safetensors", weights_bytes)},
     ).json()  # fmt: skip
-    client.post("/v1/segmentations", headers=headers,
-                json={"model_id": model.get("id", str(uuid.uuid4())), "scan_ids": [scan["id"]]})
+    client.post(
+        "/v1/segmentations",
+        headers=headers,
+        json={"model_id": model.get("id", str(uuid.uuid4())), "scan_ids": [scan["id"]]},
+    )
     for path in ("/v1/scans", "/v1/models", "/v1/jobs", f"/v1/scans/{uuid.uuid4()}"):
         client.get(path, headers=headers)
     client.get("/v1/scans", headers={"Authorization": f"Bearer {clinic_a.key}x"})
@@ -228,7 +229,9 @@ def test_limits_are_per_clinic_configurable_and_clear(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SPOTTUNE_CLINIC_MAX_CONCURRENT_JOBS", "2")
-    monkeypatch.setenv("SPOTTUNE_CLINIC_MAX_STORED_BYTES", str(len(weights_bytes) + 2 * len(phantom[0])))
+    monkeypatch.setenv(
+        "SPOTTUNE_CLINIC_MAX_STORED_BYTES", str(len(weights_bytes) + 2 * len(phantom[0]))
+    )
     env = Settings(database_url=settings.database_url, broker_url=settings.broker_url,
                    data_dir=settings.data_dir, max_voxels=settings.max_voxels)  # fmt: skip
     assert env.clinic_max_concurrent_jobs == 2
@@ -240,7 +243,9 @@ def test_limits_are_per_clinic_configurable_and_clear(
         model, scan = ids[clinic_a.key]
         body = {"model_id": model, "scan_ids": [scan]}
         for _ in range(2):
-            assert c.post("/v1/segmentations", headers=clinic_a.headers, json=body).status_code == 202
+            assert (
+                c.post("/v1/segmentations", headers=clinic_a.headers, json=body).status_code == 202
+            )
         r = c.post("/v1/segmentations", headers=clinic_a.headers, json=body)
         assert r.status_code == 429 and r.headers["retry-after"]
         assert "limit 2" in r.json()["error"]["message"] and "wait" in r.json()["error"]["message"]
@@ -248,8 +253,11 @@ def test_limits_are_per_clinic_configurable_and_clear(
         assert c.post("/v1/segmentations", headers=clinic_b.headers, json=other).status_code == 202
         # storage: the model and one scan are stored; a second scan with a mask does not fit
         before = counts(session_factory)
-        r = c.post("/v1/scans", headers=clinic_a.headers,
-                   files={"image": ("x.nii.gz", phantom[0]), "mask": ("m.nii.gz", phantom[1])})
+        r = c.post(
+            "/v1/scans",
+            headers=clinic_a.headers,
+            files={"image": ("x.nii.gz", phantom[0]), "mask": ("m.nii.gz", phantom[1])},
+        )
         assert r.status_code == 413, r.text
         error = r.json()["error"]
         assert error["code"] == "storage_quota_exceeded" and "delete" in error["message"]

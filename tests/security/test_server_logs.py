@@ -64,8 +64,11 @@ def test_uvicorn_logs_hold_no_secret(
             ok = c.post("/v1/scans", files={"image": (f"{secret_name}.nii.gz", phantom[0])})
             assert ok.status_code == 201, ok.text
             assert c.post("/v1/scans", files={"image": (f"{secret_name}.nii.gz", b"x")}).is_error
-            c.post("/v1/models", data={"config": "{"},
-                   files={"weights": (f"{secret_name}.pt", weights_bytes)})
+            c.post(
+                "/v1/models",
+                data={"config": "{"},
+                files={"weights": (f"{secret_name}.pt", weights_bytes)},
+            )
             c.get("/v1/scans")
             c.get(f"/v1/scans/{ok.json()['id']}/image")
             c.get("/v1/jobs", headers={"Authorization": f"Bearer {clinic_a.key}zz"})

@@ -11,7 +11,8 @@ T = TypeVar("T")
 MAX_PAGE = 200
 
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")]
-OffsetQuery = Annotated[int, Query(ge=0, description="rows to skip")]
+MAX_OFFSET = 1_000_000_000  # beyond any real listing; keeps the value inside a 64-bit integer
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="rows to skip")]
 
 
 class Page(BaseModel, Generic[T]):
@@ -34,8 +35,26 @@ class OrmModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorBody, "description": "missing, malformed, unknown or revoked API key"},
-    404: {"model": ErrorBody, "description": "no such object for this clinic"},
-    422: {"model": ErrorBody, "description": "invalid request; the message says what to fix"},
+Responses = dict[int | str, dict[str, object]]
+
+
+def _error(description: str) -> dict[str, object]:
+    return {"model": ErrorBody, "description": description}
+
+
+ERROR_RESPONSES: Responses = {
+    400: _error("the body cannot be parsed (not UTF-8 JSON or a broken multipart form)"),
+    401: _error("missing, malformed, unknown or revoked API key"),
+    404: _error("no such object for this clinic"),
+    422: _error("invalid request; the message says what to fix"),
+    503: _error("the database is unreachable; retry after Retry-After seconds"),
+}
+UPLOAD_RESPONSES: Responses = {
+    413: _error("the upload exceeds the size limit or the clinic's storage quota"),
+}
+JOB_RESPONSES: Responses = {
+    429: _error("the clinic already has its maximum of queued and running jobs"),
+}
+CONFLICT_RESPONSES: Responses = {
+    409: _error("the object is used by a queued or running job, or the job already finished"),
 }

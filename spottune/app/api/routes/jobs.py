@@ -14,7 +14,14 @@ from spottune.app.api.presenters import job_out
 from spottune.app.errors import NotFound
 from spottune.app.models import Job, JobKind, JobStatus
 from spottune.app.repositories import jobs as job_repo
-from spottune.app.schemas.common import ERROR_RESPONSES, LimitQuery, OffsetQuery, Page
+from spottune.app.schemas.common import (
+    CONFLICT_RESPONSES,
+    ERROR_RESPONSES,
+    JOB_RESPONSES,
+    LimitQuery,
+    OffsetQuery,
+    Page,
+)
 from spottune.app.schemas.jobs import (
     AdaptationRequest,
     JobOut,
@@ -26,7 +33,11 @@ from spottune.app.schemas.jobs import (
 from spottune.app.services import jobs as service
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
-_ACCEPTED = {"status_code": status.HTTP_202_ACCEPTED, "response_model": JobOut}
+_ACCEPTED = {
+    "status_code": status.HTTP_202_ACCEPTED,
+    "response_model": JobOut,
+    "responses": JOB_RESPONSES,
+}
 
 
 def _accepted(response: Response, session: SessionDep, job: Job) -> JobOut:
@@ -98,7 +109,10 @@ def get_job(job_id: uuid.UUID, session: SessionDep, clinic: CurrentClinic) -> Jo
 @router.post(
     "/v1/jobs/{job_id}/cancel",
     response_model=JobOut,
-    responses={409: {"description": "the job already finished"}},
+    responses={
+        202: {"model": JobOut, "description": "running: the worker stops within seconds"},
+        **CONFLICT_RESPONSES,
+    },
 )
 def cancel_job(
     job_id: uuid.UUID, response: Response, session: SessionDep, clinic: CurrentClinic
@@ -138,7 +152,7 @@ def _report(session: SessionDep, clinic: CurrentClinic, job_id: uuid.UUID) -> tu
 @router.get("/v1/jobs/{job_id}/report", response_class=StreamingResponse)
 def get_report(
     job_id: uuid.UUID, session: SessionDep, factory: SessionFactoryDep, clinic: CurrentClinic
-) -> StreamingResponse:
+) -> Response:
     """Self-contained HTML report (policy chart, training curve, metrics, overlays)."""
     job, report = _report(session, clinic, job_id)
     return blob_response(
@@ -154,7 +168,7 @@ def get_report(
 @router.get("/v1/jobs/{job_id}/report.png", response_class=StreamingResponse)
 def get_report_png(
     job_id: uuid.UUID, session: SessionDep, factory: SessionFactoryDep, clinic: CurrentClinic
-) -> StreamingResponse:
+) -> Response:
     """The policy chart alone (PNG)."""
     job, report = _report(session, clinic, job_id)
     png = report.png_blob_id  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from spottune.app.api.deps import CurrentClinic, SessionDep, SessionFactoryDep
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/masks", tags=["masks"], responses=ERROR_RESPONSES
 @router.get("/{mask_id}", response_class=StreamingResponse)
 def download_mask(
     mask_id: uuid.UUID, session: SessionDep, factory: SessionFactoryDep, clinic: CurrentClinic
-) -> StreamingResponse:
+) -> Response:
     """The mask as .nii.gz on the scan's own grid and affine."""
     mask = job_repo.mask(session, clinic.id, mask_id)
     if mask is None:

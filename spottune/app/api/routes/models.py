@@ -13,7 +13,14 @@ from spottune.app.api.deps import CurrentClinic, SessionDep, SessionFactoryDep, 
 from spottune.app.api.downloads import blob_response
 from spottune.app.api.presenters import model_out
 from spottune.app.repositories import models as model_repo
-from spottune.app.schemas.common import ERROR_RESPONSES, LimitQuery, OffsetQuery, Page
+from spottune.app.schemas.common import (
+    CONFLICT_RESPONSES,
+    ERROR_RESPONSES,
+    UPLOAD_RESPONSES,
+    LimitQuery,
+    OffsetQuery,
+    Page,
+)
 from spottune.app.schemas.models import ModelOut
 from spottune.app.services import models as service
 from spottune.app.services.models import MAX_CONFIG_BYTES
@@ -22,7 +29,9 @@ from spottune.app.uploads import read_limited
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses=UPLOAD_RESPONSES, response_model=ModelOut
+)
 def upload_model(
     response: Response,
     session: SessionDep,
@@ -65,12 +74,12 @@ def get_model(model_id: uuid.UUID, session: SessionDep, clinic: CurrentClinic) -
 @router.get("/{model_id}/weights", response_class=StreamingResponse)
 def download_weights(
     model_id: uuid.UUID, session: SessionDep, factory: SessionFactoryDep, clinic: CurrentClinic
-) -> StreamingResponse:
+) -> Response:
     model = service.get_model(session, clinic.id, model_id)
     return blob_response(session, factory, model.weights_blob_id, f"model-{model.id}.safetensors")
 
 
-@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT, responses=CONFLICT_RESPONSES)
 def delete_model(model_id: uuid.UUID, session: SessionDep, clinic: CurrentClinic) -> Response:
     """Delete a model (409 while a queued or running job uses it)."""
     service.delete_model(session, clinic.id, model_id)

@@ -14,14 +14,23 @@ from spottune.app.api.presenters import scan_out
 from spottune.app.errors import NotFound
 from spottune.app.models import Blob
 from spottune.app.repositories import scans as scan_repo
-from spottune.app.schemas.common import ERROR_RESPONSES, LimitQuery, OffsetQuery, Page
+from spottune.app.schemas.common import (
+    CONFLICT_RESPONSES,
+    ERROR_RESPONSES,
+    UPLOAD_RESPONSES,
+    LimitQuery,
+    OffsetQuery,
+    Page,
+)
 from spottune.app.schemas.scans import ScanOut
 from spottune.app.services import scans as service
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"], responses=ERROR_RESPONSES)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ScanOut)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses=UPLOAD_RESPONSES, response_model=ScanOut
+)
 def upload_scan(
     response: Response,
     session: SessionDep,
@@ -82,7 +91,7 @@ def _filename(session: SessionDep, blob_id: uuid.UUID, stem: str) -> str:
 @router.get("/{scan_id}/image", response_class=StreamingResponse)
 def download_image(
     scan_id: uuid.UUID, session: SessionDep, factory: SessionFactoryDep, clinic: CurrentClinic
-) -> StreamingResponse:
+) -> Response:
     scan = service.get_scan(session, clinic.id, scan_id)
     name = _filename(session, scan.image_blob_id, f"scan-{scan.id}")
     return blob_response(session, factory, scan.image_blob_id, name)
@@ -91,7 +100,7 @@ def download_image(
 @router.get("/{scan_id}/mask", response_class=StreamingResponse)
 def download_mask(
     scan_id: uuid.UUID, session: SessionDep, factory: SessionFactoryDep, clinic: CurrentClinic
-) -> StreamingResponse:
+) -> Response:
     scan = service.get_scan(session, clinic.id, scan_id)
     if scan.mask_blob_id is None:
         raise NotFound(
@@ -101,7 +110,7 @@ def download_mask(
     return blob_response(session, factory, scan.mask_blob_id, name)
 
 
-@router.delete("/{scan_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{scan_id}", status_code=status.HTTP_204_NO_CONTENT, responses=CONFLICT_RESPONSES)
 def delete_scan(scan_id: uuid.UUID, session: SessionDep, clinic: CurrentClinic) -> Response:
     """Delete a scan with the masks and metrics derived from it (409 while a job uses it)."""
     service.delete_scan(session, clinic.id, scan_id)

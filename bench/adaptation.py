@@ -1,0 +1,427 @@
+"""Few-shot adaptation benchmark: the paper's protocol on the `spottune data prepare` sites.
+
+For each ordered source -> target site pair and seed: a source model trained on the source site's
+subjects is adapted with every method to every k-th slice of ONE target-site subject (budgets of
+about 5, 12, 45, 90 slices, and the whole volume), then tested on target-site subjects of the OTHER
+heads (never a deformation of the training subject). "none" is the source model as is; "oracle" is
+trained on the target site's training pool (the training subject's head). Nothing is tuned on the
+test subjects. Dice and surface Dice (1 mm) are computed in 3D on each test scan's own grid.
+
+    python bench/adaptation.py --profile quick            # 2-core CPU, under an hour
+    python bench/adaptation.py --profile paper            # GPU, the reference schedule
+    python bench/adaptation.py --profile smoke --max-minutes 5
+
+Writes bench/results/adaptation-<profile>.json (rows + machine + profile) and .md (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # adaptation_table beside this file
+
+from adaptation_table import markdown_report  # noqa: E402
+
+from spottune.ml.config import Preprocessing  # noqa: E402
+from spottune.ml.device import pick_device  # noqa: E402
+from spottune.ml.inference import segment_volume  # noqa: E402
+from spottune.ml.metrics import dice, surface_dice  # noqa: E402
+from spottune.ml.train import AdaptOptions, SourceOptions, adapt, train_source  # noqa: E402
+from spottune.ml.volumes import (  # noqa: E402
+    PreparedVolume,
+    Volume,
+    load_mask,
+    load_volume,
+    prepare_volume,
+    slice_voxel_axis,
+)
+
+log = logging.getLogger("bench.adaptation")
+RESULTS = Path(__file__).resolve().parent / "results"
+# method label -> (train.adapt method, extra AdaptOptions); "none" and "oracle" are handled apart
+ADAPT_METHODS: dict[str, tuple[str, dict[str, object]]] = {
+    "finetune-all": ("finetune-all", {}),
+    "finetune-first": ("finetune-first", {}),
+    "finetune-last": ("finetune-last", {}),
+    "spottune": ("spottune", {"policy": "instance"}),
+    "spottune-global": ("spottune", {"policy": "global"}),
+    "spottune-adabn": ("spottune", {"policy": "instance", "adabn": True}),
+}
+WHOLE_VOLUME = "volume"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Resolution, model and schedule of one benchmark profile (iterations = batches)."""
+
+    spacing_mm: tuple[float, float]
+    width: int
+    blocks_per_stage: int
+    patch_size: int
+    batch_size: int
+    source_iterations: int
+    adapt_iterations: int
+    budgets: tuple[str, ...]  # "5", "12", ... (every k-th slice) or "volume"
+    seeds: int
+    pairs: tuple[tuple[str, str], ...]
+    test_per_head: int | None  # test subjects per other head (None: all)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        (4.0, 4.0), 4, 1, 48, 4, 30, 10, ("5", WHOLE_VOLUME), 1, (("siemens15", "philips3"),), 1
+    ),
+    "quick": Profile(
+        (2.0, 2.0),
+        8,
+        2,
+        96,
+        8,
+        600,
+        150,
+        ("5", "12", "45", "90", WHOLE_VOLUME),
+        3,
+        (("siemens15", "philips3"), ("siemens15", "ge3")),
+        1,
+    ),
+    # the reference schedule: 256x256 patches, 100x100 batches of 16 (source), 60x100 (adaptation)
+    "paper": Profile(
+        (0.95, 0.95),
+        16,
+        3,
+        256,
+        16,
+        10_000,
+        6_000,
+        ("5", "12", "45", "90", WHOLE_VOLUME),
+        3,
+        (
+            ("siemens15", "philips3"),
+            ("siemens15", "ge3"),
+            ("ge3", "siemens15"),
+            ("philips15", "siemens3"),
+            ("siemens3", "philips15"),
+            ("philips3", "ge3"),
+        ),
+        None,
+    ),
+}
+
+
+class Data:
+    """The manifest's scans, loaded lazily and kept (volume, mask) by scan id."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.manifest = json.loads((root / "manifest.json").read_text())
+        self.scans = {scan["id"]: scan for scan in self.manifest["scans"]}
+        self._cache: dict[str, tuple[Volume, np.ndarray]] = {}
+
+    def at(self, site: str, head: str | None = None) -> list[dict]:
+        return sorted(
+            (s for s in self.scans.values() if s["site"] == site and head in (None, s["head"])),
+            key=lambda s: s["id"],
+        )
+
+    def heads(self) -> list[str]:
+        return sorted({s["head"] for s in self.scans.values()})
+
+    def load(self, scan_id: str) -> tuple[Volume, np.ndarray]:
+        if scan_id not in self._cache:
+            scan = self.scans[scan_id]
+            volume = load_volume(self.root / scan["image"])
+            self._cache[scan_id] = (volume, load_mask(self.root / scan["mask"], volume))
+        return self._cache[scan_id]
+
+
+def every_kth(n_slices: int, budget: str) -> list[int]:
+    """Every k-th of `n_slices` slices, k chosen to give about `budget` slices, centred."""
+    if budget == WHOLE_VOLUME:
+        return list(range(n_slices))
+    k = max(1, round(n_slices / int(budget)))
+    return list(range(k // 2, n_slices, k))
+
+
+def evaluate(
+    model: torch.nn.Module,
+    prep: Preprocessing,
+    data: Data,
+    test_ids: list[str],
+    device: torch.device,
+) -> list[tuple[str, float, float]]:
+    """(scan id, Dice, surface Dice at 1 mm) of `model` on each test scan, on the scan's grid."""
+    scores = []
+    for scan_id in test_ids:
+        volume, reference = data.load(scan_id)
+        predicted = segment_volume(model, volume, prep, device=device).astype(bool)
+        # surface Dice only looks near the surfaces: crop to both masks (+margin) to save time
+        both = np.argwhere(predicted | reference)
+        if both.size:
+            lo, hi = np.maximum(both.min(0) - 3, 0), both.max(0) + 4
+            box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+            predicted, reference = predicted[box], reference[box]
+        scores.append(
+            (
+                scan_id,
+                dice(predicted, reference),
+                surface_dice(predicted, reference, volume.spacing, tolerance_mm=1.0),
+            )
+        )
+    return scores
+
+
+def _train(volumes: list[PreparedVolume], profile: Profile, seed: int, device: torch.device):  # noqa: ANN202
+    options = SourceOptions(
+        width=profile.width,
+        blocks_per_stage=profile.blocks_per_stage,
+        spacing_mm=profile.spacing_mm,
+        patch_size=profile.patch_size,
+        iterations=profile.source_iterations,
+        batch_size=profile.batch_size,
+        seed=seed,
+    )
+    return train_source(volumes, options, device=device)
+
+
+class Bench:
+    def __init__(self, data: Data, profile: Profile, device: torch.device, deadline: float) -> None:
+        self.data, self.profile, self.device, self.deadline = data, profile, device, deadline
+        self.prep = Preprocessing(spacing_mm=profile.spacing_mm)
+        self.rows: list[dict] = []
+        self._models: dict[tuple, object] = {}
+        self.start = time.monotonic()
+
+    def prepared(
+        self, scan_id: str, annotated: list[int] | None = None, labelled: bool = True
+    ) -> PreparedVolume:
+        volume, mask = self.data.load(scan_id)
+        return prepare_volume(volume, self.prep, mask if labelled else None, annotated)
+
+    def trained(self, key: tuple, scan_ids: list[str], seed: int):  # noqa: ANN201
+        if key not in self._models:
+            t0 = time.monotonic()
+            self._models[key] = _train(
+                [self.prepared(s) for s in scan_ids], self.profile, seed, self.device
+            )
+            log.info("trained %s on %d scans in %.0f s", key, len(scan_ids), time.monotonic() - t0)
+        return self._models[key]
+
+    def record(
+        self,
+        method: str,
+        budget: str | None,
+        n_slices: int | None,
+        source: str,
+        target: str,
+        seed: int,
+        scores: list[tuple[str, float, float]],
+    ) -> None:
+        for scan_id, d, sd in scores:
+            self.rows.append(
+                {
+                    "method": method,
+                    "budget": budget,
+                    "n_slices": n_slices,
+                    "source_site": source,
+                    "target_site": target,
+                    "seed": seed,
+                    "subject": self.data.scans[scan_id]["subject"],
+                    "dice": d,
+                    "sdice": sd,
+                }
+            )
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def run_pair(self, source: str, target: str, seed: int) -> bool:
+        """All methods and budgets for one pair and seed; False when the time limit cut it short."""
+        heads = self.data.heads()
+        train_head = heads[seed % len(heads)]  # rotate the training head over seeds
+        pool = [s["id"] for s in self.data.at(target, train_head)]
+        train_id = pool[(seed // len(heads)) % len(pool)]
+        test_ids = [
+            s["id"]
+            for h in heads
+            if h != train_head
+            for s in self.data.at(target, h)[: self.profile.test_per_head]
+        ]
+        base = self.trained(("source", source, seed), [s["id"] for s in self.data.at(source)], seed)
+        self.record(
+            "none",
+            None,
+            None,
+            source,
+            target,
+            seed,
+            evaluate(base.model, self.prep, self.data, test_ids, self.device),
+        )
+        oracle = self.trained(("oracle", target, train_head, seed), pool, seed)
+        self.record(
+            "oracle",
+            None,
+            None,
+            source,
+            target,
+            seed,
+            evaluate(oracle.model, self.prep, self.data, test_ids, self.device),
+        )
+        volume, _ = self.data.load(train_id)
+        n_axis = volume.shape[slice_voxel_axis(volume, self.prep)]
+        unlabelled = [self.prepared(s, labelled=False) for s in pool]
+        for budget in self.profile.budgets:
+            slices = every_kth(n_axis, budget)
+            train = [self.prepared(train_id, slices)]
+            for label, (method, extra) in ADAPT_METHODS.items():
+                if self.out_of_time():
+                    return False
+                t0 = time.monotonic()
+                options = AdaptOptions(
+                    iterations=self.profile.adapt_iterations,
+                    batch_size=self.profile.batch_size,
+                    patch_size=self.profile.patch_size,
+                    seed=seed,
+                    **extra,
+                )
+                result = adapt(
+                    base.model,
+                    base.config,
+                    train,
+                    method,
+                    options,
+                    unlabelled=unlabelled if options.adabn else (),
+                    device=self.device,
+                )
+                t1 = time.monotonic()
+                scores = evaluate(result.model, self.prep, self.data, test_ids, self.device)
+                self.record(label, budget, len(slices), source, target, seed, scores)
+                log.info(
+                    "%s->%s seed %d budget %s (%d slices) %-15s sDice %.3f  adapt %.0f s, test "
+                    "%.0f s, elapsed %.1f min",
+                    source,
+                    target,
+                    seed,
+                    budget,
+                    len(slices),
+                    label,
+                    np.mean([s[2] for s in scores]),
+                    t1 - t0,
+                    time.monotonic() - t1,
+                    (time.monotonic() - self.start) / 60,
+                )
+        return True
+
+
+def machine() -> dict[str, object]:
+    info: dict[str, object] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument(
+        "--data", type=Path, default=Path("data/bench"), help="spottune data prepare --out"
+    )
+    parser.add_argument("--seeds", type=int, help="number of seeds (0..n-1) [profile's]")
+    parser.add_argument("--pairs", help="source:target,... e.g. siemens15:philips3 [profile's]")
+    parser.add_argument("--budgets", help="comma-separated, e.g. 5,12,volume [profile's]")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop starting new runs after this long; results so far are written",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... [auto]")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("spottune").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    profile = PROFILES[args.profile]
+    if args.seeds:
+        profile = dataclasses.replace(profile, seeds=args.seeds)
+    if args.pairs:
+        pairs = tuple(tuple(p.split(":")) for p in args.pairs.split(","))
+        profile = dataclasses.replace(profile, pairs=pairs)  # type: ignore[arg-type]
+    if args.budgets:
+        profile = dataclasses.replace(profile, budgets=tuple(args.budgets.split(",")))
+    data = Data(args.data)
+    sites = set(data.manifest["sites"])
+    missing = {site for pair in profile.pairs for site in pair} - sites
+    if missing:
+        parser.error(
+            f"sites {sorted(missing)} are not in {args.data}/manifest.json ({sorted(sites)})"
+        )
+    device = pick_device(args.device)
+    deadline = time.monotonic() + (args.max_minutes * 60 if args.max_minutes else float("inf"))
+    bench = Bench(data, profile, device, deadline)
+    log.info(
+        "profile %s on %s: %d pairs x %d seeds x %d budgets x %d methods",
+        args.profile,
+        device,
+        len(profile.pairs),
+        profile.seeds,
+        len(profile.budgets),
+        len(ADAPT_METHODS),
+    )
+    complete = True
+    for seed in range(profile.seeds):
+        for source, target in profile.pairs:
+            complete = bench.run_pair(source, target, seed) and complete
+            if not complete:
+                break
+        if not complete:
+            log.warning("time limit reached: writing partial results")
+            break
+    elapsed = time.monotonic() - bench.start
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "profile": args.profile,
+        "settings": dataclasses.asdict(profile),
+        "machine": machine(),
+        "device": str(device),
+        "data": str(args.data),
+        "data_seed": data.manifest.get("seed"),
+        "elapsed_s": round(elapsed, 1),
+        "complete": complete,
+        "rows": bench.rows,
+    }
+    (args.out / f"adaptation-{args.profile}.json").write_text(json.dumps(report, indent=1) + "\n")
+    table = markdown_report(
+        bench.rows,
+        profile.budgets,
+        title=f"Adaptation benchmark, profile "
+        f"{args.profile} ({device}, {elapsed / 60:.1f} min"
+        f"{'' if complete else ', INCOMPLETE'})",
+    )
+    (args.out / f"adaptation-{args.profile}.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
