@@ -104,6 +104,6 @@ def markdown_report(rows: Sequence[dict], budgets: Sequence[str], title: str) ->
         best = max(scored)[1]
         lines.append(f"- {budget}: best fixed = {best}; {_wilcoxon(rows, budget, best)}")
     pairs = sorted({(r["source_site"], r["target_site"]) for r in rows})
-    seeds = sorted({r["seed"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})
     lines += ["", f"Pairs: {', '.join(f'{s}->{t}' for s, t in pairs)}; seeds: {seeds}.", ""]
     return "\n".join(lines)

@@ -25,7 +25,7 @@ class _GateMix(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: torch.autograd.function.FunctionCtx,
         frozen_out: Tensor,
         trainable_out: Tensor,
@@ -40,7 +40,7 @@ class _GateMix(torch.autograd.Function):
         return torch.lerp(frozen_out, trainable_out, weight)
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         frozen_out, trainable_out, gate = ctx.saved_tensors  # type: ignore[attr-defined]

@@ -22,6 +22,8 @@ from spottune.app.tasks import Queue, TaskName, celery_config
 
 logger = logging.getLogger(__name__)
 
+FS_POLL_INTERVAL_S = 0.2
+
 
 def create_worker_app(settings: Settings | None = None) -> Celery:
     """A Celery app with the worker's reliability settings for ``settings``."""
@@ -29,6 +31,9 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     app = Celery("spottune", include=["spottune.worker.tasks"])
     app.conf.update(celery_config(settings))
     embedded = settings.broker_url.startswith("filesystem://")
+    if embedded:  # poll the message folder often: jobs start and Ctrl-C stops without delay
+        options = {**app.conf.broker_transport_options, "polling_interval": FS_POLL_INTERVAL_S}
+        app.conf.broker_transport_options = options
     app.conf.update(
         task_routes={TaskName.RUN_JOB.value: {"queue": Queue.GPU.value}},
         task_acks_late=True,

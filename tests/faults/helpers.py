@@ -15,8 +15,12 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 SHAPE = (32, 32, 16)  # voxels, 1 mm
-TINY_CONFIG = {"width": 4, "depth": 2, "blocks_per_stage": 1,
-               "preprocessing": {"spacing_mm": [1.0, 1.0]}}  # fmt: skip
+TINY_CONFIG = {
+    "width": 4,
+    "depth": 2,
+    "blocks_per_stage": 1,
+    "preprocessing": {"spacing_mm": [1.0, 1.0]},
+}
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -31,8 +35,11 @@ def upload_model(http: httpx.Client) -> str:
 
     config = ModelConfig.model_validate(TINY_CONFIG)
     weights = weights_to_bytes(build_model(config), config)
-    r = http.post("/v1/models", data={"config": json.dumps(TINY_CONFIG)},
-                  files={"weights": ("w.safetensors", weights)})  # fmt: skip
+    r = http.post(
+        "/v1/models",
+        data={"config": json.dumps(TINY_CONFIG)},
+        files={"weights": ("w.safetensors", weights)},
+    )
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
 
@@ -43,18 +50,27 @@ def upload_scans(http: httpx.Client, n: int, seed: int = 0) -> list[str]:
     ids = []
     for i in range(n):
         image, mask = make_phantom(SHAPE, seed=seed + i, site="b")
-        r = http.post("/v1/scans", files={"image": ("i.nii.gz", nifti_gz(image)),
-                                          "mask": ("m.nii.gz", nifti_gz(mask))})  # fmt: skip
+        r = http.post(
+            "/v1/scans",
+            files={"image": ("i.nii.gz", nifti_gz(image)), "mask": ("m.nii.gz", nifti_gz(mask))},
+        )
         assert r.status_code == 201, r.text
         ids.append(str(r.json()["id"]))
     return ids
 
 
-def adaptation(http: httpx.Client, model: str, train: list[str], target: list[str],
-               iterations: int) -> str:  # fmt: skip
-    r = http.post("/v1/adaptations", json={
-        "model_id": model, "train_scan_ids": train, "target_scan_ids": target,
-        "options": {"iterations": iterations, "batch_size": 4}})  # fmt: skip
+def adaptation(
+    http: httpx.Client, model: str, train: list[str], target: list[str], iterations: int
+) -> str:
+    r = http.post(
+        "/v1/adaptations",
+        json={
+            "model_id": model,
+            "train_scan_ids": train,
+            "target_scan_ids": target,
+            "options": {"iterations": iterations, "batch_size": 4},
+        },
+    )
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
 
@@ -67,14 +83,27 @@ def segmentation(http: httpx.Client, model: str, scans: list[str]) -> str:
 
 def job_row(factory: sessionmaker[Session], job_id: str) -> dict[str, Any]:
     with factory() as session:
-        row = session.execute(
-            text("SELECT status, attempts, progress_step, error, result, heartbeat_at "
-                 "FROM jobs WHERE id = :id"), {"id": job_id}).mappings().one()  # fmt: skip
+        row = (
+            session.execute(
+                text(
+                    "SELECT status, attempts, progress_step, error, result, heartbeat_at "
+                    "FROM jobs WHERE id = :id"
+                ),
+                {"id": job_id},
+            )
+            .mappings()
+            .one()
+        )
         return dict(row)
 
 
-def wait_job(factory: sessionmaker[Session], job_id: str, until: tuple[str, ...] = TERMINAL,
-             timeout: float = 90, min_step: int = 0) -> dict[str, Any]:  # fmt: skip
+def wait_job(
+    factory: sessionmaker[Session],
+    job_id: str,
+    until: tuple[str, ...] = TERMINAL,
+    timeout: float = 90,
+    min_step: int = 0,
+) -> dict[str, Any]:
     """Poll the database until the job's status is in ``until`` (and progress >= min_step)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -106,8 +135,11 @@ def outputs(factory: sessionmaker[Session], job_id: str) -> dict[str, Any]:
             table: session.scalar(text(f"SELECT count(*) FROM {table} WHERE job_id = :id"), q)
             for table in ("policies", "reports", "metrics")
         }
-    return {"models": [str(m[0]) for m in models],
-            "masks": {str(s): int(n) for s, n in per_scan}, **extra}  # fmt: skip
+    return {
+        "models": [str(m[0]) for m in models],
+        "masks": {str(s): int(n) for s, n in per_scan},
+        **extra,
+    }
 
 
 INVARIANTS = {
@@ -137,14 +169,24 @@ def broken_invariants(factory: sessionmaker[Session]) -> dict[str, int]:
 
 def table_counts(factory: sessionmaker[Session]) -> dict[str, int]:
     with factory() as session:
-        return {t: int(session.scalar(text(f"SELECT count(*) FROM {t}")) or 0)
-                for t in ("scans", "models", "blobs", "blob_chunks", "jobs", "masks")}  # fmt: skip
+        return {
+            t: int(session.scalar(text(f"SELECT count(*) FROM {t}")) or 0)
+            for t in ("scans", "models", "blobs", "blob_chunks", "jobs", "masks")
+        }
 
 
 def corrupt_scan(factory: sessionmaker[Session], scan_id: str) -> None:
     """Overwrite the stored image of ``scan_id`` with garbage (storage corruption)."""
+    junk = b"\x1f\x8b" + uuid.uuid4().bytes * 8
+    blob = "(SELECT image_blob_id FROM scans WHERE id = :id)"
     with factory.begin() as session:
-        session.execute(text(
-            "UPDATE blob_chunks SET data = :junk WHERE blob_id = "
-            "(SELECT image_blob_id FROM scans WHERE id = :id)"),
-            {"junk": b"\x1f\x8b" + uuid.uuid4().bytes * 8, "id": scan_id})  # fmt: skip
+        session.execute(
+            text(f"DELETE FROM blob_chunks WHERE blob_id = {blob} AND seq > 0"), {"id": scan_id}
+        )
+        session.execute(
+            text(f"UPDATE blob_chunks SET data = :junk WHERE blob_id = {blob}"),
+            {"junk": junk, "id": scan_id},
+        )
+        session.execute(
+            text(f"UPDATE blobs SET size = :n WHERE id = {blob}"), {"n": len(junk), "id": scan_id}
+        )

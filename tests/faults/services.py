@@ -6,6 +6,7 @@ wiping it never disturbs the machine's shared services.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -54,10 +55,22 @@ class PrivatePostgres:
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         subprocess.run(
-            _as_postgres([str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres",
-                          "--auth=trust", "-E", "UTF8", "--no-sync"]),
-            check=True, capture_output=True,
-        )  # fmt: skip
+            _as_postgres(
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.dir / "data"),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
         self.start()
 
     @property
@@ -70,12 +83,16 @@ class PrivatePostgres:
     def _ctl(self, *args: str) -> None:
         subprocess.run(
             _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), *args]),
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")  # fmt: skip
+        options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
         self._ctl("-o", options, "-l", str(self.dir / "server.log"), "-w", "start")
 
     def stop(self, mode: str = "immediate") -> None:
@@ -83,10 +100,8 @@ class PrivatePostgres:
         self._ctl("-m", mode, "-w", "stop")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -104,10 +119,22 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         import redis
 
         client = redis.Redis(host="127.0.0.1", port=self.port)
@@ -140,9 +167,13 @@ class Service:
     def start(self) -> Service:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         return self
 
     @property
@@ -172,24 +203,55 @@ class Service:
 
 
 def worker_service(env: dict[str, str], log: Path) -> Service:
-    argv = [sys.executable, "-m", "celery", "-A", "spottune.worker.celery_app", "worker",
-            "-Q", "gpu", "-c", "1", "-P", "prefork", "--loglevel", "INFO",
-            "-n", f"faults-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "spottune.worker.celery_app",
+        "worker",
+        "-Q",
+        "gpu",
+        "-c",
+        "1",
+        "-P",
+        "prefork",
+        "--loglevel",
+        "INFO",
+        "-n",
+        f"faults-{uuid.uuid4().hex[:6]}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     return Service(argv, env, log)
 
 
 def start_worker(service: Service, timeout: float = 60) -> Service:
     start = len(service.log_text())
     service.start()
-    wait_until(lambda: "ready." in service.log_text()[start:] or not service.alive(),
-               "the worker did not start", timeout)  # fmt: skip
+    wait_until(
+        lambda: "ready." in service.log_text()[start:] or not service.alive(),
+        "the worker did not start",
+        timeout,
+    )
     assert service.alive(), service.log_text()[-3000:]
     return service
 
 
 def api_service(env: dict[str, str], log: Path, port: int) -> Service:
-    argv = [sys.executable, "-m", "uvicorn", "spottune.app.main:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "spottune.app.main:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "info",
+    ]
     return Service(argv, env, log)
 
 

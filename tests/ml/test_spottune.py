@@ -24,8 +24,8 @@ def tiny_base(seed: int = 0) -> UNet:
 # (policy, input shape, expected logits shape)
 SHAPES = [
     ("instance", (3, 1, 32, 32), (3, 1, 32, 32)),
-    ("instance", (2, 1, 32, 64), (2, 1, 32, 64)),
-    ("instance", (2, 1, 96, 96), (2, 1, 96, 96)),  # agent input pooled down to 64 x 64
+    ("instance", (2, 1, 32, 64), (2, 1, 32, 64)),  # agent input pooled to 32 x 32
+    ("instance", (2, 1, 96, 96), (2, 1, 96, 96)),  # agent input pooled down to 32 x 32
     ("global", (3, 1, 32, 32), (3, 1, 32, 32)),
     ("global", (1, 1, 16, 48), (1, 1, 16, 48)),
 ]
