@@ -41,6 +41,7 @@ from spottune.ml.metrics import dice, surface_dice  # noqa: E402
 from spottune.ml.train import (  # noqa: E402
     AdaptOptions,
     AdaptResult,
+    Progress,
     SourceOptions,
     adapt,
     train_source,
@@ -215,7 +216,18 @@ def _train(volumes: list[PreparedVolume], profile: Profile, device: torch.device
         learning_rate=profile.learning_rate,
         seed=0,
     )
-    return train_source(volumes, options, device=device)
+
+    def report(progress: Progress) -> None:
+        if progress.step % max(1, progress.total // 5) == 0:
+            log.info(
+                "  training step %d/%d, loss %.3f, %.0f s left",
+                progress.step,
+                progress.total,
+                progress.loss or float("nan"),
+                progress.eta_seconds or 0.0,
+            )
+
+    return train_source(volumes, options, device=device, progress=report)
 
 
 class Bench:

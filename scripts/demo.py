@@ -112,7 +112,7 @@ def follow(client: httpx.Client, job_id: str, what: str) -> dict[str, Any]:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if job["status"] not in ("queued", "running"):
             break
-        if time.monotonic() - shown > 3:
+        if time.monotonic() - shown > 10:
             p = job["progress"]
             loss = f" loss {p['loss']:.3f}" if p["loss"] is not None else ""
             eta = f" eta {p['eta_seconds']:.0f} s" if p["eta_seconds"] is not None else ""
@@ -149,8 +149,10 @@ def run_demo(client: httpx.Client, data: Path, manifest: dict[str, Any], out: Pa
     done = follow(client, job.json()["id"], "adaptation")
 
     out.mkdir(parents=True, exist_ok=True)
-    for mask_id, scan in zip(done["result"]["mask_ids"], target[1:], strict=False):
-        (out / f"{scan['id']}_mask.nii.gz").write_bytes(client.get(f"/v1/masks/{mask_id}").content)
+    names = dict(zip(target_ids, (s["id"] for s in target[1:]), strict=True))
+    for mask in client.get(f"/v1/jobs/{done['id']}/masks").json()["items"]:
+        data_bytes = client.get(f"/v1/masks/{mask['id']}").content
+        (out / f"{names[mask['scan_id']]}_mask.nii.gz").write_bytes(data_bytes)
     report = out / "report.html"
     report.write_bytes(client.get(f"/v1/jobs/{done['id']}/report").content)
     mean = done["result"]["metrics"]["mean"]
@@ -172,6 +174,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spottune-demo-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTTUNE_")}
         env["SPOTTUNE_DATA_DIR"] = tmp
+        # One math thread: on a small shared CPU, oversubscribed threads are many times slower.
+        env.setdefault("OMP_NUM_THREADS", "1")
         manifest = ensure_data(args.data, env)
         port = free_port()
         print(f"starting `spottune serve` on port {port} (SQLite + filesystem broker in {tmp})")

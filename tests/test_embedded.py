@@ -98,3 +98,6 @@ def test_serve_runs_a_segmentation_job_with_no_configuration(embedded, tmp_path:
     download = client.get(f"/v1/masks/{masks[0]['id']}")
     assert download.status_code == 200 and download.content[:2] == b"\x1f\x8b"
     assert (data / "broker").is_dir()  # the job went through the filesystem broker
+
+    assert "revoked 1" in _run(env, "admin", "revoke-key", key)
+    assert client.get("/v1/jobs").status_code == 401

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 admin_app = typer.Typer(no_args_is_help=True)
 
-WORKER_STOP_GRACE_S = 10.0  # warm shutdown first: a job in flight is re-queued if cut short
+WORKER_STOP_GRACE_S = 20.0  # warm shutdown (~5-10 s when idle); then cold: the job is re-queued
 
 
 def register(app: typer.Typer) -> None:

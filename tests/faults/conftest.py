@@ -7,6 +7,7 @@ every model is tiny, so the whole suite stays within a few minutes on two CPU co
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from spottune.app import admin
 from spottune.app.db import create_db_engine, make_session_factory
 from spottune.app.migrate import upgrade_head
 from tests.faults.services import (
+    PG_BIN,
     PrivatePostgres,
     PrivateRedis,
     Service,
@@ -45,6 +47,8 @@ TABLES = "metrics, reports, policies, masks, models, scans, jobs, blob_chunks, b
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PrivatePostgres]:
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"Postgres server binaries not found in {PG_BIN} (set SPOTTUNE_PG_BIN)")
     server = PrivatePostgres()
     yield server
     server.close()
@@ -52,6 +56,8 @@ def postgres() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not found on PATH")
     server = PrivateRedis()
     yield server
     server.kill()

@@ -1,4 +1,5 @@
-"""Fixtures: a per-session Postgres database migrated by Alembic, a Redis db, and a real Celery
+"""Fixtures (package scope: torn down, environment restored, when tests/worker is done):
+a per-run Postgres database migrated by Alembic, a Redis db, and a real Celery
 worker process (prefork, queue gpu, concurrency 1) pointed at both through SPOTTUNE_ settings."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS_DB = 11  # reserved for the worker tests; flushed at the start of the session
+REDIS_DB = 9  # worker tests own db 9 (app: 11, security: 13, bench: 14); flushed at start
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +31,7 @@ TEST_SETTINGS = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def database_url() -> Iterator[str]:
     name = f"spottune_worker_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
@@ -44,14 +45,11 @@ def database_url() -> Iterator[str]:
     config.attributes["configure_logger"] = False
     command.upgrade(config, "head")
     yield url
-    from spottune.app.db import get_engine
-
-    get_engine().dispose()
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def service_env(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
@@ -69,6 +67,9 @@ def service_env(
 
     get_settings.cache_clear()
     yield env
+    from spottune.app.db import get_engine
+
+    get_engine().dispose()  # this run's database is dropped next
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -77,7 +78,7 @@ def service_env(
     get_settings.cache_clear()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real Celery worker process; yields its log file."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -104,7 +105,7 @@ def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         proc.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def factory(service_env: dict[str, str]) -> sessionmaker[Session]:
     from spottune.app.db import get_session_factory
 

@@ -98,7 +98,7 @@ def run(ctx: JobContext) -> JobOutput:
 
     output = JobOutput()
     overlays: list[bytes] = []
-    names = {t.id: str(t.id)[:8] for t in targets}
+    names = {t.id: t.label for t in targets}
     for target in targets:
         after = _segment(ctx, result.model, target, result.config.preprocessing)
         output.masks[target.id] = mask_to_nifti_bytes(after, target.volume.affine)

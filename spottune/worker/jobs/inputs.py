@@ -47,6 +47,12 @@ class ScanData:
     mask: np.ndarray | None
     annotated_slices: list[int] | None
     site: str | None = None
+    subject: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How reports name the scan: its subject, else the start of its id."""
+        return self.subject or str(self.id)[:8]
 
     def prepared(self, prep: Preprocessing, *, with_mask: bool = True) -> PreparedVolume:
         """Slices for a model with preprocessing ``prep`` (mask and annotation when asked)."""
@@ -74,7 +80,7 @@ def load_scan(session: Session, clinic_id: uuid.UUID, scan_id: uuid.UUID | str) 
     if scan.mask_blob_id is not None:
         raw = _volume(session, scan.mask_blob_id, "mask").data
         mask = check_mask(raw, volume, f"mask of scan {scan.id}")
-    return ScanData(scan.id, volume, mask, scan.annotated_slices, scan.site)
+    return ScanData(scan.id, volume, mask, scan.annotated_slices, scan.site, scan.subject)
 
 
 def load_scans(session: Session, clinic_id: uuid.UUID, ids: Sequence[str]) -> list[ScanData]:
