@@ -20,10 +20,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,7 +240,7 @@ class Bench:
         self.rows: list[dict] = []
         self._models: dict[tuple, AdaptResult] = {}
         self._evaluated: set[tuple[str, str, str]] = set()
-        self.start = time.monotonic()
+        self.start = time.time()
 
     def prepared(
         self, scan_id: str, annotated: list[int] | None = None, labelled: bool = True
@@ -283,7 +286,7 @@ class Bench:
             )
 
     def out_of_time(self) -> bool:
-        return time.monotonic() > self.deadline
+        return time.time() > self.deadline
 
     def run_pair(self, index: int, source: str, target: str, seed: int) -> bool:
         """All methods and budgets for one pair and seed; False when the time limit cut it short.
@@ -356,7 +359,7 @@ class Bench:
                     np.mean([s[2] for s in scores]),
                     t1 - t0,
                     time.monotonic() - t1,
-                    (time.monotonic() - self.start) / 60,
+                    (time.time() - self.start) / 60,
                 )
         return True
 
@@ -375,11 +378,49 @@ def machine() -> dict[str, object]:
     return info
 
 
+@dataclass(frozen=True)
+class Group:
+    """The share of the benchmark one process runs: some pairs (with their profile index)."""
+
+    data_dir: Path
+    profile: Profile
+    pairs: tuple[tuple[int, str, str], ...]
+    device: str | None
+    deadline: float  # time.time() after which no new adaptation starts
+    threads: int
+
+
+def _setup(threads: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s: %(message)s")
+    logging.getLogger("spottune").setLevel(logging.WARNING)
+    torch.set_num_threads(threads)
+
+
+def run_group(
+    group: Group, checkpoint: Callable[[list[dict]], None] | None = None
+) -> tuple[list[dict], bool]:
+    """Run the group's pairs for every seed; returns (rows, complete)."""
+    _setup(group.threads)
+    bench = Bench(Data(group.data_dir), group.profile, pick_device(group.device), group.deadline)
+    for seed in range(group.profile.seeds):
+        for index, source, target in group.pairs:
+            finished = bench.run_pair(index, source, target, seed)
+            if checkpoint is not None:
+                checkpoint(bench.rows)
+            if not finished:
+                log.warning("time limit reached: stopping with partial results")
+                return bench.rows, False
+    return bench.rows, True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument(
-        "--data", type=Path, default=Path("data/bench"), help="spottune data prepare --out"
+        "--data",
+        type=Path,
+        default=Path("data/bench"),
+        help="the output directory of `spottune data prepare`",
     )
     parser.add_argument("--seeds", type=int, help="number of seeds (0..n-1) [profile's]")
     parser.add_argument("--pairs", help="source:target,... e.g. siemens15:philips3 [profile's]")
@@ -388,18 +429,26 @@ def main(argv: list[str] | None = None) -> int:
         "--max-minutes",
         type=float,
         default=None,
-        help="stop starting new runs after this long; results so far are written",
+        help="start no new adaptation after this long; partial results are written",
     )
     parser.add_argument("--source-iterations", type=int, help="override the profile's")
     parser.add_argument("--adapt-iterations", type=int, help="override the profile's")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... [auto]")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes, each running some of the pairs (CPU: one per core)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads per process (1 avoids OpenMP stalls on a shared CPU)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("spottune").setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _setup(args.threads)
     profile = PROFILES[args.profile]
     if args.seeds:
         profile = dataclasses.replace(profile, seeds=args.seeds)
@@ -411,58 +460,83 @@ def main(argv: list[str] | None = None) -> int:
             profile = dataclasses.replace(profile, **{field: getattr(args, field)})
     if args.budgets:
         profile = dataclasses.replace(profile, budgets=tuple(args.budgets.split(",")))
-    data = Data(args.data)
-    sites = set(data.manifest["sites"])
-    missing = {site for pair in profile.pairs for site in pair} - sites
+    manifest = Data(args.data).manifest
+    missing = {site for pair in profile.pairs for site in pair} - set(manifest["sites"])
     if missing:
-        parser.error(
-            f"sites {sorted(missing)} are not in {args.data}/manifest.json ({sorted(sites)})"
-        )
-    device = pick_device(args.device)
-    deadline = time.monotonic() + (args.max_minutes * 60 if args.max_minutes else float("inf"))
-    bench = Bench(data, profile, device, deadline)
+        parser.error(f"sites {sorted(missing)} are not in {args.data}/manifest.json")
+    start = time.time()
+    deadline = start + (args.max_minutes * 60 if args.max_minutes else float("inf"))
+    indexed = [(i, s, t) for i, (s, t) in enumerate(profile.pairs)]
+    jobs = max(1, min(args.jobs, len(indexed)))
+    groups = [
+        Group(args.data, profile, tuple(indexed[j::jobs]), args.device, deadline, args.threads)
+        for j in range(jobs)
+    ]
+    device = str(pick_device(args.device))
     log.info(
-        "profile %s on %s: %d pairs x %d seeds x %d budgets x %d methods",
+        "profile %s on %s: %d pairs x %d seeds x %d budgets x %d methods, %d process(es)",
         args.profile,
         device,
         len(profile.pairs),
         profile.seeds,
         len(profile.budgets),
         len(ADAPT_METHODS),
+        jobs,
     )
-    complete = True
-    for seed in range(profile.seeds):
-        for index, (source, target) in enumerate(profile.pairs):
-            complete = bench.run_pair(index, source, target, seed)
-            write_results(bench, args.profile, args.out, args.data, complete=False)  # checkpoint
-            if not complete:
-                log.warning("time limit reached: writing partial results")
-                break
-        if not complete:
-            break
-    print(write_results(bench, args.profile, args.out, args.data, complete=complete))
+
+    def write(rows: list[dict], complete: bool) -> str:
+        return write_results(
+            rows,
+            profile,
+            args.profile,
+            args.out,
+            args.data,
+            manifest,
+            device,
+            time.time() - start,
+            complete,
+        )
+
+    if jobs == 1:
+        rows, complete = run_group(groups[0], checkpoint=lambda r: write(r, False))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            results = list(pool.map(run_group, groups))
+        rows = [row for group_rows, _ in results for row in group_rows]
+        complete = all(done for _, done in results)
+    print(write(rows, complete))
     return 0
 
 
-def write_results(bench: Bench, name: str, out: Path, data_dir: Path, *, complete: bool) -> str:
+def write_results(
+    rows: list[dict],
+    profile: Profile,
+    name: str,
+    out: Path,
+    data_dir: Path,
+    manifest: dict,
+    device: str,
+    elapsed: float,
+    complete: bool,
+) -> str:
     """Write adaptation-<name>.json and .md under `out`; returns the markdown."""
-    elapsed = time.monotonic() - bench.start
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "profile": name,
-        "settings": dataclasses.asdict(bench.profile),
+        "settings": dataclasses.asdict(profile),
         "machine": machine(),
-        "device": str(bench.device),
+        "device": device,
         "data": str(data_dir),
-        "data_seed": bench.data.manifest.get("seed"),
+        "data_seed": manifest.get("seed"),
         "elapsed_s": round(elapsed, 1),
         "complete": complete,
-        "rows": bench.rows,
+        "rows": rows,
     }
     (out / f"adaptation-{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     state = "" if complete else ", INCOMPLETE"
-    title = f"Adaptation benchmark, profile {name} ({bench.device}, {elapsed / 60:.1f} min{state})"
-    table = markdown_report(bench.rows, bench.profile.budgets, title=title)
+    title = f"Adaptation benchmark, profile {name} ({device}, {elapsed / 60:.1f} min{state})"
+    table = markdown_report(rows, profile.budgets, title=title)
     (out / f"adaptation-{name}.md").write_text(table)
     return table
 

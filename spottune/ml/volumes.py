@@ -17,6 +17,8 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import torch
+import torch.nn.functional as F
 from nibabel import orientations
 from scipy import ndimage
 
@@ -26,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 SUFFIXES = (".nii", ".nii.gz", ".mgz")
 AFFINE_TOLERANCE = 1e-4
+_RESAMPLE_CHUNK = 64  # slices per interpolation call (bounds temporary memory)
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 
 
@@ -195,9 +198,23 @@ def volume_from_bytes(data: bytes, filename: str, max_voxels: int | None = None)
 
 
 def _resample(stack: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
-    """Resample [S, H, W] in-plane to [S, *shape] (pixel-area aligned, no through-plane change)."""
+    """Resample [S, H, W] in-plane to [S, *shape] (pixel-area aligned, no through-plane change).
+
+    Linear (order 1) runs as torch bilinear interpolation (align_corners=False clamps at the
+    edges like scipy's grid_mode=True, mode="nearest"), in chunks of slices: several times
+    faster than ndimage.zoom, which interpolates along the unchanged slice axis too.
+    """
     if stack.shape[1:] == shape:
         return stack
+    if order == 1:
+        out = np.empty((stack.shape[0], *shape), dtype=np.float32)
+        source = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
+        for start in range(0, stack.shape[0], _RESAMPLE_CHUNK):
+            chunk = source[start : start + _RESAMPLE_CHUNK, None]
+            out[start : start + chunk.shape[0]] = F.interpolate(
+                chunk, size=shape, mode="bilinear", align_corners=False
+            )[:, 0].numpy()
+        return out
     factors = (1.0, shape[0] / stack.shape[1], shape[1] / stack.shape[2])
     out = ndimage.zoom(stack, factors, order=order, mode="nearest", grid_mode=True)
     if out.shape[1:] != shape:  # guards against rounding in scipy's output shape
