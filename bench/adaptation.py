@@ -4,10 +4,10 @@ For each ordered source -> target site pair and seed: a source model trained on 
 subjects is adapted with every method to every k-th slice of ONE target-site subject (budgets of
 about 5, 12, 45, 90 slices, and the whole volume), then tested on target-site subjects of the OTHER
 heads (never a deformation of the training subject). "none" is the source model as is; "oracle" is
-trained on the target site's training pool (the training subject's head). Nothing is tuned on the
-test subjects. Dice and surface Dice (1 mm) are computed in 3D on each test scan's own grid.
+trained on every target-site scan that is not a test scan. Nothing is tuned on the test
+subjects. Dice and surface Dice (1 mm) are computed in 3D on each test scan's own grid.
 
-    python bench/adaptation.py --profile quick            # 2-core CPU, under an hour
+    python bench/adaptation.py --profile quick --jobs 2   # 2-core CPU, under an hour
     python bench/adaptation.py --profile paper            # GPU, the reference schedule
     python bench/adaptation.py --profile smoke --max-minutes 5
 
@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # adaptation_table beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # helper modules beside this file
 
+from adaptation_profiles import PROFILES, WHOLE_VOLUME, Profile  # noqa: E402
 from adaptation_table import markdown_report  # noqa: E402
 
 from spottune.ml.config import Preprocessing  # noqa: E402
@@ -68,81 +69,6 @@ ADAPT_METHODS: dict[str, tuple[str, dict[str, object]]] = {
     "spottune": ("spottune", {"policy": "instance"}),
     "spottune-global": ("spottune", {"policy": "global"}),
     "spottune-adabn": ("spottune", {"policy": "instance", "adabn": True}),
-}
-WHOLE_VOLUME = "volume"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Resolution, model and schedule of one benchmark profile (iterations = batches)."""
-
-    spacing_mm: tuple[float, float]  # in-plane spacing of the model's slices
-    width: int
-    blocks_per_stage: int
-    patch_size: int
-    batch_size: int
-    source_iterations: int  # source models and oracles
-    adapt_iterations: int
-    learning_rate: float  # SGD Nesterov, x0.1 at 75% (adaptation) / 80% (source) of iterations
-    budgets: tuple[str, ...]  # "5", "12", ... (every k-th slice) or "volume"
-    seeds: int
-    pairs: tuple[tuple[str, str], ...]
-    test_per_head: int | None  # test subjects per other head (None: all)
-
-
-ALL_BUDGETS = ("5", "12", "45", "90", WHOLE_VOLUME)
-PROFILES: dict[str, Profile] = {
-    "smoke": Profile(
-        spacing_mm=(4.0, 4.0),
-        width=4,
-        blocks_per_stage=1,
-        patch_size=48,
-        batch_size=4,
-        source_iterations=30,
-        adapt_iterations=10,
-        learning_rate=1e-2,
-        budgets=("5", WHOLE_VOLUME),
-        seeds=1,
-        pairs=(("siemens15", "philips3"),),
-        test_per_head=1,
-    ),
-    # 2-core CPU: 2 mm in-plane, a slim U-Net, ~40x shorter schedule with a 10x learning rate
-    "quick": Profile(
-        spacing_mm=(2.0, 2.0),
-        width=8,
-        blocks_per_stage=1,
-        patch_size=64,
-        batch_size=8,
-        source_iterations=500,
-        adapt_iterations=100,
-        learning_rate=1e-2,
-        budgets=ALL_BUDGETS,
-        seeds=3,
-        pairs=(("siemens15", "philips3"), ("siemens15", "ge3")),
-        test_per_head=1,
-    ),
-    # the reference: 0.95 mm, 256x256 patches, 100x100 batches of 16 (source), 60x100 (adaptation)
-    "paper": Profile(
-        spacing_mm=(0.95, 0.95),
-        width=16,
-        blocks_per_stage=3,
-        patch_size=256,
-        batch_size=16,
-        source_iterations=10_000,
-        adapt_iterations=6_000,
-        learning_rate=1e-3,
-        budgets=ALL_BUDGETS,
-        seeds=3,
-        pairs=(
-            ("siemens15", "philips3"),
-            ("siemens15", "ge3"),
-            ("ge3", "siemens15"),
-            ("philips15", "siemens3"),
-            ("siemens3", "philips15"),
-            ("philips3", "ge3"),
-        ),
-        test_per_head=None,
-    ),
 }
 
 
@@ -216,7 +142,7 @@ def _train(volumes: list[PreparedVolume], profile: Profile, device: torch.device
         patch_size=profile.patch_size,
         iterations=profile.source_iterations,
         batch_size=profile.batch_size,
-        learning_rate=profile.learning_rate,
+        learning_rate=profile.source_learning_rate,
         seed=0,
     )
 
@@ -319,7 +245,10 @@ class Bench:
                 )
         volume, _ = self.data.load(train_id)
         n_axis = volume.shape[slice_voxel_axis(volume, self.prep)]
-        unlabelled = [self.prepared(s, labelled=False) for s in pool]
+        # AdaBN sees the training subject's volume and other non-test target scans, unlabelled
+        others = [s for s in pool if s != train_id]
+        unlabelled_ids = [train_id, *others][: self.profile.unlabelled_volumes]
+        unlabelled = [self.prepared(s, labelled=False) for s in unlabelled_ids]
         for budget in self.profile.budgets:
             slices = every_kth(n_axis, budget)
             train = [self.prepared(train_id, slices)]
@@ -330,7 +259,7 @@ class Bench:
                 options = AdaptOptions(
                     iterations=self.profile.adapt_iterations,
                     batch_size=self.profile.batch_size,
-                    learning_rate=self.profile.learning_rate,
+                    learning_rate=self.profile.adapt_learning_rate,
                     patch_size=self.profile.patch_size,
                     seed=seed,
                     **extra,

@@ -95,8 +95,10 @@ def machine_id(device: torch.device | None = None) -> str:
         tag = next((t for t in ("h200", "h100", "a100", "l4", "t4", "v100") if t in name), "gpu")
         return f"cuda-{tag}"
     model = cpu_model().lower()
-    tag = next((t for t in ("epyc", "xeon", "ryzen", "core", "graviton", "neoverse") if t in model),
-               re.sub(r"[^a-z0-9]+", "", model)[:12] or "cpu")
+    tag = next(
+        (t for t in ("epyc", "xeon", "ryzen", "core", "graviton", "neoverse") if t in model),
+        re.sub(r"[^a-z0-9]+", "", model)[:12] or "cpu",
+    )
     return f"cpu-{os.cpu_count()}core-{tag}"
 
 
@@ -153,8 +155,9 @@ class Threads:
 # ---------------------------------------------------------------- training step
 
 
-def make_step(method: str, base: UNet, device: torch.device) -> Callable[[torch.Tensor,
-                                                                          torch.Tensor], float]:
+def make_step(
+    method: str, base: UNet, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """One real training step (spottune.ml.loop.train_step) set up as train.adapt does."""
     dtype = autocast_dtype_for(device)
     if method == "finetune-all":
@@ -167,13 +170,16 @@ def make_step(method: str, base: UNet, device: torch.device) -> Callable[[torch.
         policy = method.split("-", 1)[1]
         spot = SpotTUNet(base, policy, 0.1).to(device)  # type: ignore[arg-type]
         spot.train()
-        optimizers = [nesterov_sgd(list(spot.trainable.parameters()), 1e-3),
-                      nesterov_sgd(list(spot.policy.parameters()), 0.01, 1e-3)]
+        optimizers = [
+            nesterov_sgd(list(spot.trainable.parameters()), 1e-3),
+            nesterov_sgd(list(spot.policy.parameters()), 0.01, 1e-3),
+        ]
         model, lambda_reg = spot, 0.005
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        return train_step(model, x, y, optimizers=optimizers, lambda_reg=lambda_reg,
-                          autocast_dtype=dtype)
+        return train_step(
+            model, x, y, optimizers=optimizers, lambda_reg=lambda_reg, autocast_dtype=dtype
+        )
 
     return step
 
@@ -191,10 +197,15 @@ def bench_training(device: torch.device, quick: bool) -> list[dict[str, Any]]:
             big_cpu = size == 256 and device.type == "cpu"
             repeats = (1 if big_cpu else 3) if quick else (2 if big_cpu else 5)
             step = make_step(method, base, device)
-            result = timed(lambda step=step, x=x, y=y: step(x, y), device, repeats,
-                           warmup=1 if not (quick and big_cpu) else 0)
-            rows.append({"device": device.type, "size": size, "batch": 16, "method": method,
-                         **result})
+            result = timed(
+                lambda step=step, x=x, y=y: step(x, y),
+                device,
+                repeats,
+                warmup=1 if not (quick and big_cpu) else 0,
+            )
+            rows.append(
+                {"device": device.type, "size": size, "batch": 16, "method": method, **result}
+            )
             log.info("train %s %d: %.3f s", method, size, result["median_s"])
     for row in rows:
         ref = next(r for r in rows if r["size"] == row["size"] and r["method"] == "finetune-all")
@@ -224,35 +235,47 @@ def head_volume(data_dir: Path) -> tuple[Volume, np.ndarray, Volume, np.ndarray,
         image, mask = make_phantom(inner, seed=seed, site="a")  # type: ignore[arg-type]
         pad = [(PHANTOM_AIR, PHANTOM_AIR)] * 3
         out.append((Volume(np.pad(image, pad), np.eye(4)), np.pad(mask, pad)))
-    return (*out[0], *out[1],
-            f"phantom {HEAD_SHAPE} with {PHANTOM_AIR} voxels of air around the head")
+    return (
+        *out[0],
+        *out[1],
+        f"phantom {HEAD_SHAPE} with {PHANTOM_AIR} voxels of air around the head",
+    )
 
 
-def trained_base(train: PreparedVolume, checkpoint: Path, quick: bool) -> tuple[UNet, ModelConfig,
-                                                                                 str]:
+def trained_base(
+    train: PreparedVolume, checkpoint: Path, quick: bool
+) -> tuple[UNet, ModelConfig, str]:
     """A width-16 U-Net trained briefly on `train` (cached at `checkpoint`)."""
     if checkpoint.is_file():
         model, config = load_model(checkpoint)
         assert isinstance(model, UNet)
         return model.eval(), config, f"loaded {checkpoint}"
-    options = SourceOptions(patch_size=96, batch_size=8, iterations=120 if quick else 300,
-                            learning_rate=0.05, seed=0)
+    options = SourceOptions(
+        patch_size=96, batch_size=8, iterations=120 if quick else 300, learning_rate=0.05, seed=0
+    )
     start = time.perf_counter()
     result = train_source([train], options, device="cpu")
     assert isinstance(result.model, UNet)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(result.model, result.config, checkpoint)
     took = time.perf_counter() - start
-    return result.model, result.config, (f"trained {options.iterations} steps (patch 96, batch 8) "
-                                         f"in {took:.0f} s, cached at {checkpoint}")
+    return (
+        result.model,
+        result.config,
+        (
+            f"trained {options.iterations} steps (patch 96, batch 8) "
+            f"in {took:.0f} s, cached at {checkpoint}"
+        ),
+    )
 
 
-def naive_segment(model: nn.Module, volume: Volume, prep: Preprocessing,
-                  device: torch.device) -> np.ndarray:
+def naive_segment(
+    model: nn.Module, volume: Volume, prep: Preprocessing, device: torch.device
+) -> np.ndarray:
     """The "before" path: eager FP32, contiguous, one slice per forward, no crop."""
     prepared = prepare_volume(volume, prep)
     stack = prepared.image
-    multiple = 2 ** 3
+    multiple = 2**3
     pad_h, pad_w = -stack.shape[1] % multiple, -stack.shape[2] % multiple
     probs = np.zeros(stack.shape, dtype=np.float32)
     model.eval()
@@ -268,8 +291,9 @@ def naive_segment(model: nn.Module, volume: Volume, prep: Preprocessing,
 # ---------------------------------------------------------------- inference
 
 
-def bench_inference(device: torch.device, quick: bool, data_dir: Path,
-                    checkpoint: Path) -> dict[str, Any]:
+def bench_inference(
+    device: torch.device, quick: bool, data_dir: Path, checkpoint: Path
+) -> dict[str, Any]:
     volume, reference, train_volume, train_mask, described = head_volume(data_dir)
     prep = Preprocessing()
     prepared_train = prepare_volume(train_volume, prep, train_mask)
@@ -278,21 +302,41 @@ def bench_inference(device: torch.device, quick: bool, data_dir: Path,
     log.info("base model: %s", how)
     few = AdaptOptions(iterations=2, batch_size=4, patch_size=64, seed=0)
     adapted = {
-        policy: adapt(base, config, [prepared_train], "spottune",
-                      few.model_copy(update={"policy": policy}), device=device).model.to(device)
+        policy: adapt(
+            base,
+            config,
+            [prepared_train],
+            "spottune",
+            few.model_copy(update={"policy": policy}),
+            device=device,
+        ).model.to(device)
         for policy in ("global", "instance")
     }
-    models = {"base": base, "spottune-global-exported": adapted["global"],
-              "spottune-instance": adapted["instance"]}
+    models = {
+        "base": base,
+        "spottune-global-exported": adapted["global"],
+        "spottune-instance": adapted["instance"],
+    }
     repeats = 1 if quick else 3
     rows: list[dict[str, Any]] = []
 
-    def add(name: str, model_name: str, fn: Callable[[], Any], reps: int, threads: int | None,
-            warmup: int = 1) -> dict[str, Any]:
+    def add(
+        name: str,
+        model_name: str,
+        fn: Callable[[], Any],
+        reps: int,
+        threads: int | None,
+        warmup: int = 1,
+    ) -> dict[str, Any]:
         with Threads(threads):
             result = timed(fn, device, reps, warmup)
-        row = {"device": device.type, "variant": name, "model": model_name,
-               "threads": threads or torch.get_num_threads(), **result}
+        row = {
+            "device": device.type,
+            "variant": name,
+            "model": model_name,
+            "threads": threads or torch.get_num_threads(),
+            **result,
+        }
         rows.append(row)
         log.info("infer %-28s %-26s %.2f s", name, model_name, result["median_s"])
         return row
@@ -300,8 +344,14 @@ def bench_inference(device: torch.device, quick: bool, data_dir: Path,
     def default(model: nn.Module, **kw: Any) -> Callable[[], np.ndarray]:
         return lambda: segment_volume(model, volume, prep, device=device, **kw)
 
-    add("before: eager fp32 bs1 no-crop", "base",
-        lambda: naive_segment(base, volume, prep, device), 1, None, warmup=0)
+    add(
+        "before: eager fp32 bs1 no-crop",
+        "base",
+        lambda: naive_segment(base, volume, prep, device),
+        1,
+        None,
+        warmup=0,
+    )
     for name, model in models.items():
         add("after: segment_volume default", name, default(model), repeats, None)
     if device.type == "cpu":
@@ -328,12 +378,18 @@ def bench_inference(device: torch.device, quick: bool, data_dir: Path,
         "voxels_differing": int((masks[False] != masks[True]).sum()),
     }
     log.info("bf16 agreement: %s", agreement)
-    return {"volume": described, "shape": list(volume.shape), "model": how, "rows": rows,
-            "bf16_agreement": agreement}
+    return {
+        "volume": described,
+        "shape": list(volume.shape),
+        "model": how,
+        "rows": rows,
+        "bf16_agreement": agreement,
+    }
 
 
-def compiled_row(base: nn.Module, volume: Volume, prep: Preprocessing,
-                 device: torch.device) -> dict[str, Any]:
+def compiled_row(
+    base: nn.Module, volume: Volume, prep: Preprocessing, device: torch.device
+) -> dict[str, Any]:
     """segment_volume with a torch.compile'd model (compile time reported apart)."""
     try:
         compiled = torch.compile(copy.deepcopy(base), dynamic=False)
@@ -341,12 +397,24 @@ def compiled_row(base: nn.Module, volume: Volume, prep: Preprocessing,
         segment_volume(compiled, volume, prep, device=device)  # compiles (both batch shapes)
         compile_s = time.perf_counter() - start
         result = timed(lambda: segment_volume(compiled, volume, prep, device=device), device, 2, 0)
-        return {"device": device.type, "variant": "after + torch.compile", "model": "base",
-                "threads": torch.get_num_threads(), "compile_s": round(compile_s, 1), **result}
+        return {
+            "device": device.type,
+            "variant": "after + torch.compile",
+            "model": "base",
+            "threads": torch.get_num_threads(),
+            "compile_s": round(compile_s, 1),
+            **result,
+        }
     except Exception as exc:  # no compiler, unsupported op: report, do not fail the bench
         log.warning("torch.compile failed: %s", exc)
-        return {"device": device.type, "variant": "after + torch.compile", "model": "base",
-                "threads": torch.get_num_threads(), "median_s": float("nan"), "error": str(exc)}
+        return {
+            "device": device.type,
+            "variant": "after + torch.compile",
+            "model": "base",
+            "threads": torch.get_num_threads(),
+            "median_s": float("nan"),
+            "error": str(exc),
+        }
 
 
 # ---------------------------------------------------------------- report
@@ -358,21 +426,35 @@ def _compile_note(row: dict[str, Any]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
-    lines = [f"## Speed on {m['id']} ({m['cpu_model']}, {m['cores']} cores, torch {m['torch']}, "
-             f"{m['default_threads']} threads; load avg before {result['load_before']})", "",
-             "| device | step (batch 16) | size | median s | x finetune-all |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['device']} | {r['method']} | {r['size']} | {r['median_s']:.3f} | "
-              f"{r['vs_finetune_all']:.2f} |" for r in result["training"]]
+    lines = [
+        f"## Speed on {m['id']} ({m['cpu_model']}, {m['cores']} cores, torch {m['torch']}, "
+        f"{m['default_threads']} threads; load avg before {result['load_before']})",
+        "",
+        "| device | step (batch 16) | size | median s | x finetune-all |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['device']} | {r['method']} | {r['size']} | {r['median_s']:.3f} | "
+        f"{r['vs_finetune_all']:.2f} |"
+        for r in result["training"]
+    ]
     for dev in result["inference"]:
         inf = result["inference"][dev]
-        lines += ["", f"Whole volume {inf['shape']} ({inf['volume']}); model: {inf['model']}", "",
-                  "| device | variant | model | threads | median s | x base (after) | "
-                  "speed-up vs before |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['device']} | {r['variant']} | {r['model']} | {r['threads']} | "
-                  f"{r['median_s']:.2f}{_compile_note(r)} | "
-                  f"{r.get('vs_base_after', float('nan')):.2f} | "
-                  f"{r.get('speedup_vs_before', float('nan')):.1f} |" for r in inf["rows"]]
+        lines += [
+            "",
+            f"Whole volume {inf['shape']} ({inf['volume']}); model: {inf['model']}",
+            "",
+            "| device | variant | model | threads | median s | x base (after) | "
+            "speed-up vs before |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['device']} | {r['variant']} | {r['model']} | {r['threads']} | "
+            f"{r['median_s']:.2f}{_compile_note(r)} | "
+            f"{r.get('vs_base_after', float('nan')):.2f} | "
+            f"{r.get('speedup_vs_before', float('nan')):.1f} |"
+            for r in inf["rows"]
+        ]
         lines += ["", f"BF16 vs FP32 masks: {inf['bf16_agreement']}"]
     return "\n".join(lines)
 
@@ -380,11 +462,18 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="~1-2 min: fewer repeats")
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "bench",
-                        help="benchmark data (manifest.json); a phantom head is used if absent")
-    parser.add_argument("--checkpoint", type=Path,
-                        default=Path(tempfile.gettempdir()) / "spottune-speed-model.safetensors",
-                        help="trained model for the BF16 check (trained and cached if missing)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "data" / "bench",
+        help="benchmark data (manifest.json); a phantom head is used if absent",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "spottune-speed-model.safetensors",
+        help="trained model for the BF16 check (trained and cached if missing)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/)")
     parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args(argv)
@@ -396,16 +485,22 @@ def main(argv: list[str] | None = None) -> int:
         args.data = args.data.parent
     checkpoint = args.checkpoint.with_name(
         f"{args.checkpoint.stem}-{'data' if (args.data / 'manifest.json').is_file() else 'phantom'}"
-        f"{args.checkpoint.suffix}")
-    result: dict[str, Any] = {"machine": machine_info(), "mode": "quick" if args.quick else "full",
-                              "load_before": [round(v, 2) for v in os.getloadavg()],
-                              "training": [], "inference": {}}
+        f"{args.checkpoint.suffix}"
+    )
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "mode": "quick" if args.quick else "full",
+        "load_before": [round(v, 2) for v in os.getloadavg()],
+        "training": [],
+        "inference": {},
+    }
     start = time.perf_counter()
     for device in devices:
         if not args.skip_training:
             result["training"] += bench_training(device, args.quick)
-        result["inference"][device.type] = bench_inference(device, args.quick, args.data,
-                                                           checkpoint)
+        result["inference"][device.type] = bench_inference(
+            device, args.quick, args.data, checkpoint
+        )
     result["load_after"] = [round(v, 2) for v in os.getloadavg()]
     result["wall_s"] = round(time.perf_counter() - start, 1)
     out = args.out or RESULTS / f"speed-{machine_id(devices[-1])}.json"

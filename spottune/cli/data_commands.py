@@ -31,7 +31,7 @@ def prepare_command(
         None,
         "--subjects-per-head",
         min=1,
-        help="Subjects per head and site [default: 4; 2 with --quick].",
+        help="Subjects per head and site (default 4; 2 with --quick).",
     ),
     sites: str = typer.Option(
         ",".join(SITE_NAMES), "--sites", help="Comma-separated site profiles."
@@ -45,7 +45,7 @@ def prepare_command(
         help="'registry' (real heads, downloaded once) or 'synthetic' (phantoms).",
     ),
     cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help=f"Download cache [default: {default_cache_dir()}]."
+        None, "--cache-dir", help=f"Download cache (default {default_cache_dir()})."
     ),
     workers: int = typer.Option(
         min(2, os.cpu_count() or 1),

@@ -207,10 +207,13 @@ def _adapt_spottune(
                            options.batch_size, options.seed)
     lambda_reg = (options.lambda_reg if options.lambda_reg is not None
                   else default_lambda(sampler.n_annotated_slices))
+    if options.adabn:
+        # Once, before the twins are made: both start from target-domain statistics. The frozen
+        # twins then keep them (eval mode); re-estimating only the trainable twins would be a
+        # no-op, since training in train mode overwrites their running statistics within ~50 steps.
+        base = copy.deepcopy(base).to(device)
+        reestimate_batchnorm(base, [*unlabelled, *train], multiple=multiple, device=device)
     model = SpotTUNet(base, options.policy, options.temperature).to(device)
-    if options.adabn:  # trainable twins only: the frozen twins keep the source statistics
-        reestimate_batchnorm(model.trainable, [*unlabelled, *train], multiple=multiple,
-                             device=device)
     model.train()
     optimizer = nesterov_sgd(list(model.trainable.parameters()), options.learning_rate)
     policy_optimizer = nesterov_sgd(list(model.policy.parameters()), options.policy_learning_rate,
