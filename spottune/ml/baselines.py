@@ -74,14 +74,17 @@ def reestimate_batchnorm(
     device: torch.device,
     batch_size: int = 16,
     max_slices: int = ADABN_MAX_SLICES,
+    units: Sequence[str] | None = None,
 ) -> int:
-    """AdaBN: replace every BatchNorm's running statistics in `module` by those of `volumes`.
+    """AdaBN: replace BatchNorm running statistics in `module` by those of `volumes`.
 
     Statistics are reset and re-accumulated as a cumulative average (momentum=None) over forward
-    passes in train mode without gradients; learned affine parameters are untouched. Returns the
-    number of slices seen. The module's train/eval mode and momenta are restored afterwards.
+    passes in train mode without gradients; learned affine parameters are untouched. With `units`
+    (submodule names) only those units are re-estimated and the rest of `module` runs in eval mode.
+    Returns the number of slices seen. The module's train/eval mode and momenta are restored.
     """
-    norms = _batchnorms(module)
+    targets = [module] if units is None else [module.get_submodule(name) for name in units]
+    norms = [norm for target in targets for norm in _batchnorms(target)]
     if not norms or not volumes:
         return 0
     was_training = module.training
@@ -89,7 +92,9 @@ def reestimate_batchnorm(
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None
-    module.train()
+    module.eval()
+    for target in targets:
+        target.train()
     seen = 0
     try:
         for batch in _slice_batches(volumes, batch_size, max_slices):

@@ -229,7 +229,8 @@ def _adapt_spottune(
              options.policy, 100 * sum(record.frequency) / len(record.frequency))
     if options.policy == "global":
         plain = config.model_copy(update={"gating": None})
-        return AdaptResult(model.export(), plain, history, lambda_reg, record, "spottune")
+        return AdaptResult(_export_recalibrated(model, [*unlabelled, *train], multiple, device),
+                           plain, history, lambda_reg, record, "spottune")
     gated = config.model_copy(
         update={"gating": GatingConfig(policy="instance", temperature=options.temperature)}
     )
@@ -260,3 +261,22 @@ def train_source(
         device=device, progress=progress, should_stop=should_stop,
     )
     return AdaptResult(model.eval(), config, history, None, None, "scratch")
+
+
+def _export_recalibrated(
+    model: SpotTUNet, volumes: Sequence[PreparedVolume], multiple: int, device: torch.device
+) -> UNet:
+    """Export a global-policy SpotTUNet, re-estimating the chosen trainable twins' BatchNorms.
+
+    While training, each batch runs one sampled configuration, so a trainable twin's BatchNorm
+    sees batch statistics of that configuration while its running averages mix all the sampled
+    ones; the exported (argmax) configuration then meets statistics it was never trained with.
+    Re-estimating them on the target images (no labels) for the chosen configuration removes that
+    mismatch, as in BN recalibration for weight-sharing supernets. Frozen twins keep theirs.
+    """
+    plain = model.export()
+    chosen = [name for name, use in zip(model.gate_names, model.global_decisions().tolist(),
+                                        strict=True) if use]
+    if chosen:
+        reestimate_batchnorm(plain, volumes, multiple=multiple, device=device, units=chosen)
+    return plain.eval()
