@@ -187,3 +187,23 @@ def test_patch_size_must_fit_the_model(source: AdaptResult,
     with pytest.raises(ValueError, match="multiple of 4"):
         adapt(net(source), source.config, target_volumes, "finetune-all",
               AdaptOptions(patch_size=30, iterations=1))
+
+
+def test_global_export_recalibrates_only_the_chosen_trainable_twins(
+    source: AdaptResult, target_volumes: list[PreparedVolume]
+) -> None:
+    options = AdaptOptions(iterations=6, policy="global", lambda_reg=0.0, **FAST)
+    result = adapt(net(source), source.config, target_volumes, "spottune", options)
+    assert isinstance(result.model, UNet) and result.config.gating is None
+    assert result.policy is not None
+    chosen = {name for name, share in zip(result.policy.gate_names, result.policy.frequency,
+                                          strict=True) if share > 0.5}
+    assert chosen, "with lambda 0 on an inverted domain some twin should be fine-tuned"
+    before, after = source.model.state_dict(), result.model.state_dict()
+    for key, value in before.items():
+        unit = next(name for name in result.policy.gate_names if key.startswith(name + "."))
+        if unit not in chosen:  # kept frozen: the source's weights and statistics, bit for bit
+            assert torch.equal(after[key], value), key
+    stats = [key for key in after if key.endswith("running_mean")
+             and any(key.startswith(name + ".") for name in chosen)]
+    assert stats and all(not torch.equal(after[key], before[key]) for key in stats)
