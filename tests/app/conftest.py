@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -64,17 +65,22 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return make_session_factory(engine)
 
 
-@pytest.fixture(scope="session")
-def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def api_settings(database_url: str, data_dir: Path, redis_db: int) -> Settings:
+    """Settings of the API under test: small limits, a Redis database of the suite's own."""
     return Settings(
         database_url=database_url,
-        broker_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
-        data_dir=tmp_path_factory.mktemp("data"),
+        broker_url=f"redis://127.0.0.1:6379/{redis_db}",
+        data_dir=data_dir,
         max_upload_bytes=MAX_UPLOAD,
         max_voxels=64**3,
         clinic_max_concurrent_jobs=3,
         clinic_max_stored_bytes=50 * MAX_UPLOAD,
     )
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return api_settings(database_url, tmp_path_factory.mktemp("data"), REDIS_DB)
 
 
 @pytest.fixture()

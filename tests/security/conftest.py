@@ -12,6 +12,7 @@ from spottune.app.settings import Settings
 from tests.app.conftest import (  # noqa: F401  (fixtures are found by name)
     MAX_UPLOAD,
     _clean_tables,
+    api_settings,
     client,
     clinic_a,
     clinic_b,
@@ -27,15 +28,7 @@ REDIS_DB = 13
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:  # noqa: F811
-    return Settings(
-        database_url=database_url,
-        broker_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
-        data_dir=tmp_path_factory.mktemp("data"),
-        max_upload_bytes=MAX_UPLOAD,
-        max_voxels=64**3,
-        clinic_max_concurrent_jobs=3,
-        clinic_max_stored_bytes=50 * MAX_UPLOAD,
-    )
+    return api_settings(database_url, tmp_path_factory.mktemp("data"), REDIS_DB)
 
 
 @pytest.fixture()
