@@ -165,8 +165,8 @@ def segment_volume(
     model. `progress(done, total)` counts slices. `bf16` None: BF16 autocast where the device
     runs it natively (bf16_is_fast), FP32 elsewhere.
     """
+    target = torch.device(device) if device is not None else _model_device(model)
     if bf16 is None:
-        target = torch.device(device) if device is not None else _model_device(model)
         bf16 = bf16_is_fast(target)
     prepared = prepare_volume(volume, prep)
     probs = np.zeros(prepared.image.shape, dtype=np.float32)
@@ -181,7 +181,7 @@ def segment_volume(
             model,
             prepared.image[box],
             batch_size,
-            device,
+            target,
             multiple=multiple,
             bf16=bf16,
             progress=progress,

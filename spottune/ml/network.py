@@ -89,7 +89,7 @@ class UNet(nn.Module):
         self.width = width
         self.depth = depth
         self.blocks_per_stage = blocks_per_stage
-        blocks = [f"block{b}" for b in range(blocks_per_stage)]
+        blocks = self._block_names = [f"block{b}" for b in range(blocks_per_stage)]
 
         def stage(modules: dict[str, nn.Module]) -> nn.ModuleDict:
             return nn.ModuleDict(modules)
@@ -159,7 +159,7 @@ class UNet(nn.Module):
         x: [B, C, H, W] -> logits [B, 1, H, W].
         """
         check_input_size(x, self.depth)
-        blocks = [f"block{b}" for b in range(self.blocks_per_stage)]
+        blocks = self._block_names
 
         def through(stage_name: str, h: Tensor, units: list[str]) -> Tensor:
             for unit in units:

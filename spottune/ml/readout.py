@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spottune.ml.inference import required_multiple
 from spottune.ml.policy import sample_gates, trainable_probability
 from spottune.ml.spottune import SpotTUNet
 from spottune.ml.volumes import PreparedVolume
@@ -60,7 +61,7 @@ def policy_record(
     if not stacks:
         raise ValueError("policy_record needs at least one slice")
     device = next(model.parameters()).device
-    multiple = 2**model.depth
+    multiple = required_multiple(model)
     chosen = torch.zeros(model.n_gates, dtype=torch.float64)
     probability = torch.zeros(model.n_gates, dtype=torch.float64)
     count = 0

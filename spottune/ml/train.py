@@ -163,7 +163,6 @@ def adapt(
         raise ValueError("adapt() starts from a plain UNet and its config (gating None)")
     device = pick_device(str(device) if device is not None else None)
     seed_everything(options.seed)
-    plain_config = config.model_copy(update={"gating": None})
     multiple = config.size_multiple
 
     if method == "spottune":
@@ -189,6 +188,7 @@ def adapt(
             device=device, progress=progress, should_stop=should_stop,
         )
     model.requires_grad_(True).eval()
+    plain_config = config.model_copy(update={"gating": None})
     return AdaptResult(model, plain_config, history, None, None, method)
 
 

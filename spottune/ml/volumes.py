@@ -230,11 +230,16 @@ def _scale_intensities(data: np.ndarray, percentiles: tuple[float, float]) -> np
     return scaled.astype(np.float32, copy=False)
 
 
+def _source_axis(ornt: np.ndarray, slice_axis: int) -> int:
+    """The uploaded voxel axis that `ornt` maps to RAS axis `slice_axis`."""
+    return int(np.flatnonzero(ornt[:, 0] == slice_axis)[0])
+
+
 def _annotated(
     ornt: np.ndarray, shape: tuple[int, int, int], slice_axis: int, indices: Sequence[int]
 ) -> np.ndarray:
     """Map slice indices along the uploaded voxel axis to prepared (RAS) slice indices."""
-    source_axis = int(np.flatnonzero(ornt[:, 0] == slice_axis)[0])
+    source_axis = _source_axis(ornt, slice_axis)
     n = shape[source_axis]
     flags = np.zeros(n, dtype=bool)
     for index in indices:
@@ -248,8 +253,7 @@ def _annotated(
 
 def slice_voxel_axis(volume: Volume, prep: Preprocessing) -> int:
     """The uploaded array's voxel axis that slices are taken along (e.g. for --every-k)."""
-    ornt = orientations.io_orientation(volume.affine)
-    return int(np.flatnonzero(ornt[:, 0] == prep.slice_axis)[0])
+    return _source_axis(orientations.io_orientation(volume.affine), prep.slice_axis)
 
 
 def prepare_volume(
