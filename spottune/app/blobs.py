@@ -66,14 +66,6 @@ def read_blob(session: Session, blob_id: uuid.UUID) -> bytes:
     return b"".join(_chunk(session, blob_id, seq) for seq in _chunk_seqs(session, blob_id))
 
 
-def copy_blob_to(session: Session, blob_id: uuid.UUID, out: BinaryIO) -> int:
-    """Write the blob into ``out`` (e.g. a temporary file for nibabel); returns bytes written."""
-    written = 0
-    for seq in _chunk_seqs(session, blob_id):
-        written += out.write(_chunk(session, blob_id, seq))
-    return written
-
-
 def delete_blob(session: Session, blob_id: uuid.UUID) -> None:
     """Delete the blob and its chunks (explicitly: SQLite may lack ON DELETE CASCADE)."""
     session.execute(delete(BlobChunk).where(BlobChunk.blob_id == blob_id))

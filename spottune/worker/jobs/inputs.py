@@ -19,6 +19,7 @@ from spottune.app.blobs import read_blob
 from spottune.app.models import Blob, Model, Scan
 from spottune.app.repositories.common import get_owned
 from spottune.app.services.scans import SUFFIX_OF
+from spottune.app.volume_guard import GZIP_MAGIC
 from spottune.ml.checkpoint import load_model
 from spottune.ml.config import ModelConfig, Preprocessing
 from spottune.ml.metrics import dice, hausdorff95, surface_dice
@@ -30,8 +31,6 @@ from spottune.ml.volumes import (
     volume_from_bytes,
 )
 from spottune.worker.results import ScanMetric
-
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 class InputError(ValueError):
