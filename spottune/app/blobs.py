@@ -63,7 +63,10 @@ def iter_blob(session_factory: sessionmaker[Session], blob_id: uuid.UUID) -> Ite
 
 def read_blob(session: Session, blob_id: uuid.UUID) -> bytes:
     """The whole blob in memory (small artefacts: configs, reports, masks of one scan)."""
-    return b"".join(_chunk(session, blob_id, seq) for seq in _chunk_seqs(session, blob_id))
+    chunks = session.scalars(
+        select(BlobChunk.data).where(BlobChunk.blob_id == blob_id).order_by(BlobChunk.seq)
+    )
+    return b"".join(chunks)
 
 
 def delete_blob(session: Session, blob_id: uuid.UUID) -> None:
