@@ -152,9 +152,21 @@ class PrivateRedis:
             self.proc.kill()
             self.proc.wait()
 
+    def info(self) -> dict[str, object]:
+        import redis
+
+        return dict(redis.Redis(host="127.0.0.1", port=self.port).info())
+
     def restart_empty(self) -> None:
+        """Kill the server and start a new one that holds nothing (no RDB, no AOF)."""
+        before = self.info()["run_id"]
         self.kill()
         self.start()
+        after = self.info()
+        # Clients (the worker) may reconnect and write within milliseconds, so emptiness is
+        # checked on what the new server loaded at start, not on its key count a moment later.
+        assert after["run_id"] != before, "redis was not restarted"
+        assert after["rdb_last_load_keys_loaded"] == 0, "the restarted redis loaded old keys"
 
 
 class Service:

@@ -85,9 +85,6 @@ def test_redis_restarted_empty_every_job_still_finishes(
     queued = [segmentation(http, model, [s]) for s in scans]
     wait_job(factory, running, until=("running",), timeout=60)
     redis_server.restart_empty()  # the queued messages (and the unacked one) are gone
-    import redis
-
-    assert redis.Redis.from_url(redis_server.url).keys("*") == []
     still_queued = [j for j in queued if str(job_row(factory, j)["status"]).lower() == "queued"]
     assert still_queued, "every job had started before the broker was wiped: nothing tested"
     for job in (running, *queued):
