@@ -3,7 +3,8 @@
 Measures, as medians over repeats, in one run so ratios compare like with like:
 
 * one training step (batch 16, 128x128 and 256x256) through the real `spottune.ml.loop.train_step`
-  for finetune-all, SpotTUNet instance policy and SpotTUNet global policy;
+  for finetune-all, SpotTUNet instance policy and SpotTUNet global policy, and finetune-all with
+  glibc's default allocator (every large activation page-faulted again at every step);
 * segmentation of one whole 1 mm head (a benchmark scan from --data if present, else a phantom
   with air around the head) with the default `segment_volume` path for the base model, the
   exported SpotTUNet-global model and the SpotTUNet-instance model;
@@ -41,6 +42,7 @@ from torch import nn
 from spottune.ml.baselines import finetuned_units, freeze_except, train_mode_except
 from spottune.ml.checkpoint import load_model, save_checkpoint
 from spottune.ml.config import ModelConfig, Preprocessing
+from spottune.ml.device import keep_freed_memory
 from spottune.ml.inference import keep_largest_component, segment_volume
 from spottune.ml.loop import autocast_dtype_for, nesterov_sgd, train_step
 from spottune.ml.metrics import dice
@@ -185,30 +187,42 @@ def make_step(
 
 
 def bench_training(device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    """Training steps with the default path (freed memory kept, as the CLI and worker run), and
+    on CPU finetune-all once more with glibc's default allocator as the "before" lever."""
     base = UNet(1, 16, 3, 3)
     rng = np.random.default_rng(0)
     rows = []
     for size in (128, 256):
         x = torch.from_numpy(rng.random((16, 1, size, size), dtype=np.float32)).to(device)
         y = (x > 0.5).float()
-        for method in TRAIN_METHODS:
+        runs = [(method, "kept") for method in TRAIN_METHODS]
+        if device.type == "cpu" and not quick:
+            runs.insert(0, ("finetune-all", "glibc default"))
+        for method, allocator in runs:
             if quick and size == 256 and method == "spottune-instance" and device.type == "cpu":
                 continue
             big_cpu = size == 256 and device.type == "cpu"
             repeats = (1 if big_cpu else 3) if quick else (2 if big_cpu else 5)
             step = make_step(method, base, device)
+            keep_freed_memory(allocator == "kept")
             result = timed(
                 lambda step=step, x=x, y=y: step(x, y),
                 device,
                 repeats,
                 warmup=1 if not (quick and big_cpu) else 0,
             )
+            keep_freed_memory()
             rows.append(
-                {"device": device.type, "size": size, "batch": 16, "method": method, **result}
+                {"device": device.type, "size": size, "batch": 16, "method": method,
+                 "allocator": allocator, **result}
             )
-            log.info("train %s %d: %.3f s", method, size, result["median_s"])
+            log.info("train %s %d (%s): %.3f s", method, size, allocator, result["median_s"])
     for row in rows:
-        ref = next(r for r in rows if r["size"] == row["size"] and r["method"] == "finetune-all")
+        ref = next(
+            r for r in rows
+            if r["size"] == row["size"] and r["method"] == "finetune-all"
+            and r["allocator"] == "kept"
+        )
         row["vs_finetune_all"] = round(row["median_s"] / ref["median_s"], 3)
     return rows
 
@@ -430,12 +444,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"## Speed on {m['id']} ({m['cpu_model']}, {m['cores']} cores, torch {m['torch']}, "
         f"{m['default_threads']} threads; load avg before {result['load_before']})",
         "",
-        "| device | step (batch 16) | size | median s | x finetune-all |",
-        "|---|---|---|---|---|",
+        "| device | step (batch 16) | size | allocator | median s | x finetune-all |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['device']} | {r['method']} | {r['size']} | {r['median_s']:.3f} | "
-        f"{r['vs_finetune_all']:.2f} |"
+        f"| {r['device']} | {r['method']} | {r['size']} | {r.get('allocator', '-')} | "
+        f"{r['median_s']:.3f} | {r['vs_finetune_all']:.2f} |"
         for r in result["training"]
     ]
     for dev in result["inference"]:
@@ -494,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": [],
         "inference": {},
     }
+    keep_freed_memory()  # as the CLI and the worker run
     start = time.perf_counter()
     for device in devices:
         if not args.skip_training:

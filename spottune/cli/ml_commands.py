@@ -55,6 +55,13 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(2) from error
 
 
+def _compute_process() -> None:
+    """This process trains or infers: keep large freed tensors for reuse (see keep_freed_memory)."""
+    from spottune.ml.device import keep_freed_memory
+
+    keep_freed_memory()
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in SUFFIXES:
@@ -164,6 +171,7 @@ def train_source(
     from spottune.ml.train import SourceOptions
     from spottune.ml.train import train_source as run
 
+    _compute_process()
     with _user_errors():
         if manifest is not None:
             if site is None:
@@ -239,6 +247,7 @@ def adapt(
     from spottune.ml.train import METHODS, AdaptOptions
     from spottune.ml.train import adapt as run
 
+    _compute_process()
     with _user_errors():
         if method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}")
@@ -303,6 +312,7 @@ def segment(
     """Segment scans; each mask is written on its input's own voxel grid."""
     from spottune.ml.device import pick_device
 
+    _compute_process()
     with _user_errors():
         torch_device = pick_device(device)
         net, config = load_model(model, device=torch_device)

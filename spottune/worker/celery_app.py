@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from spottune.app.db import get_engine
 from spottune.app.settings import Settings, get_settings
@@ -55,6 +55,15 @@ _reconciler_stop = threading.Event()
 def _fresh_db_pool(**_: Any) -> None:
     """A forked pool process must not reuse the parent's database connections."""
     get_engine().dispose(close=False)
+
+
+@worker_init.connect  # the process that runs tasks with the solo and threads pools
+@worker_process_init.connect  # each prefork pool process
+def _keep_freed_memory(**_: Any) -> None:
+    """Task processes train and infer: reuse freed large tensors instead of re-faulting them."""
+    from spottune.ml.device import keep_freed_memory
+
+    keep_freed_memory()
 
 
 @worker_ready.connect
