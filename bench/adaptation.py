@@ -160,8 +160,11 @@ def _train(volumes: list[PreparedVolume], profile: Profile, device: torch.device
 
 
 class Bench:
-    def __init__(self, data: Data, profile: Profile, device: torch.device, deadline: float) -> None:
+    def __init__(
+        self, data: Data, profile: Profile, device: torch.device, deadline: float, split: str
+    ) -> None:
         self.data, self.profile, self.device, self.deadline = data, profile, device, deadline
+        self.split = split
         self.prep = Preprocessing(spacing_mm=profile.spacing_mm)
         self.rows: list[dict] = []
         self._models: dict[tuple, AdaptResult] = {}
@@ -226,12 +229,18 @@ class Bench:
         train_head = heads[index % len(heads)]
         pool = [s["id"] for s in self.data.at(target, train_head)]
         train_id = pool[seed % len(pool)]
+        # test: the first subjects of each other head; validation (for choosing settings): the
+        # next ones, so that nothing is ever tuned on a test subject
+        n = self.profile.test_per_head
+        first = 0 if self.split == "test" or n is None else n
         test_ids = [
             s["id"]
             for h in heads
             if h != train_head
-            for s in self.data.at(target, h)[: self.profile.test_per_head]
+            for s in self.data.at(target, h)[first : None if n is None else first + n]
         ]
+        if not test_ids:
+            raise ValueError(f"no {self.split} subjects for {target}: too few scans per head")
         base = self.trained(("source", source), [s["id"] for s in self.data.at(source)])
         oracle_ids = [s["id"] for s in self.data.at(target) if s["id"] not in test_ids]
         oracle = self.trained(("oracle", target, tuple(test_ids)), oracle_ids)
@@ -317,6 +326,7 @@ class Group:
     device: str | None
     deadline: float  # time.time() after which no new adaptation starts
     threads: int
+    split: str = "test"  # "validation": score on held-out subjects that are never test subjects
 
 
 def _setup(threads: int) -> None:
@@ -330,7 +340,9 @@ def run_group(
 ) -> tuple[list[dict], bool]:
     """Run the group's pairs for every seed; returns (rows, complete)."""
     _setup(group.threads)
-    bench = Bench(Data(group.data_dir), group.profile, pick_device(group.device), group.deadline)
+    bench = Bench(
+        Data(group.data_dir), group.profile, pick_device(group.device), group.deadline, group.split
+    )
     for seed in range(group.profile.seeds):
         for index, source, target in group.pairs:
             finished = bench.run_pair(index, source, target, seed)
@@ -362,6 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--source-iterations", type=int, help="override the profile's")
     parser.add_argument("--adapt-iterations", type=int, help="override the profile's")
+    parser.add_argument("--adapt-learning-rate", type=float, help="override the profile's")
+    parser.add_argument(
+        "--split",
+        choices=("test", "validation"),
+        default="test",
+        help="validation: score on held-out non-test subjects, to choose settings "
+        "(results go to adaptation-<profile>-validation.*)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, ... [auto]")
     parser.add_argument(
         "--jobs",
@@ -384,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pairs:
         pairs = tuple(tuple(p.split(":")) for p in args.pairs.split(","))
         profile = dataclasses.replace(profile, pairs=pairs)  # type: ignore[arg-type]
-    for field in ("source_iterations", "adapt_iterations"):
+    for field in ("source_iterations", "adapt_iterations", "adapt_learning_rate"):
         if getattr(args, field):
             profile = dataclasses.replace(profile, **{field: getattr(args, field)})
     if args.budgets:
@@ -398,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     indexed = [(i, s, t) for i, (s, t) in enumerate(profile.pairs)]
     jobs = max(1, min(args.jobs, len(indexed)))
     groups = [
-        Group(args.data, profile, tuple(indexed[j::jobs]), args.device, deadline, args.threads)
+        Group(
+            args.data, profile, tuple(indexed[j::jobs]), args.device, deadline, args.threads,
+            args.split,
+        )
         for j in range(jobs)
     ]
     device = str(pick_device(args.device))
@@ -417,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         return write_results(
             rows,
             profile,
-            args.profile,
+            args.profile if args.split == "test" else f"{args.profile}-validation",
             args.out,
             args.data,
             manifest,
