@@ -15,10 +15,10 @@ RUN apt-get update \
 WORKDIR /app
 # torch first and alone: the largest layer, cached across code changes.
 RUN pip install --index-url "${TORCH_INDEX}" "torch==2.13.0"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY spottune ./spottune
 # flower: the optional monitoring service of docker-compose.yml uses this image too
-RUN pip install . "flower>=2.0"
+RUN pip install -c constraints.txt . flower
 COPY alembic.ini ./
 COPY migrations ./migrations
 
