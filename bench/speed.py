@@ -28,6 +28,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -186,15 +187,40 @@ def make_step(
     return step
 
 
-def bench_training(device: torch.device, quick: bool) -> list[dict[str, Any]]:
-    """Training steps with the default path (freed memory kept, as the CLI and worker run), and
-    on CPU finetune-all once more with glibc's default allocator as the "before" lever."""
+def time_training_step(
+    method: str, size: int, device: torch.device, repeats: int, warmup: int
+) -> dict[str, Any]:
+    """Median seconds of one step of `method` (batch 16, size x size) on the bench's U-Net."""
+    torch.manual_seed(0)
     base = UNet(1, 16, 3, 3)
     rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((16, 1, size, size), dtype=np.float32)).to(device)
+    y = (x > 0.5).float()
+    step = make_step(method, base, device)
+    return timed(lambda: step(x, y), device, repeats, warmup)
+
+
+def _in_fresh_process(method: str, size: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """time_training_step on CPU in a new interpreter that never touched the allocator: glibc's
+    settings cannot be put back to their defaults once changed (the dynamic mmap threshold)."""
+    code = (
+        "import json, sys, torch; sys.path.insert(0, sys.argv[1]); import speed; "
+        "torch.set_num_threads(int(sys.argv[6])); "
+        "print(json.dumps(speed.time_training_step(sys.argv[2], int(sys.argv[3]), "
+        "torch.device('cpu'), int(sys.argv[4]), int(sys.argv[5]))))"
+    )
+    argv = [sys.executable, "-c", code, str(Path(__file__).parent), method, str(size),
+            str(repeats), str(warmup), str(torch.get_num_threads())]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def bench_training(device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    """Training steps on the default path (freed memory kept, as the CLI and the worker run) and,
+    on CPU, finetune-all once more with glibc's default allocator in a fresh process ("before")."""
     rows = []
     for size in (128, 256):
-        x = torch.from_numpy(rng.random((16, 1, size, size), dtype=np.float32)).to(device)
-        y = (x > 0.5).float()
         runs = [(method, "kept") for method in TRAIN_METHODS]
         if device.type == "cpu" and not quick:
             runs.insert(0, ("finetune-all", "glibc default"))
@@ -203,15 +229,11 @@ def bench_training(device: torch.device, quick: bool) -> list[dict[str, Any]]:
                 continue
             big_cpu = size == 256 and device.type == "cpu"
             repeats = (1 if big_cpu else 3) if quick else (2 if big_cpu else 5)
-            step = make_step(method, base, device)
-            keep_freed_memory(allocator == "kept")
-            result = timed(
-                lambda step=step, x=x, y=y: step(x, y),
-                device,
-                repeats,
-                warmup=1 if not (quick and big_cpu) else 0,
-            )
-            keep_freed_memory()
+            warmup = 1 if not (quick and big_cpu) else 0
+            if allocator == "kept":
+                result = time_training_step(method, size, device, repeats, warmup)
+            else:
+                result = _in_fresh_process(method, size, repeats, warmup)
             rows.append(
                 {"device": device.type, "size": size, "batch": 16, "method": method,
                  "allocator": allocator, **result}
