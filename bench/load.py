@@ -182,6 +182,8 @@ def main() -> None:
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                "--timeout-keep-alive",
+                "75",
             ],
             env,
             Path(tmp) / "api.log",

@@ -18,6 +18,11 @@ admin_app = typer.Typer(no_args_is_help=True)
 WORKER_STOP_GRACE_S = 20.0  # warm shutdown (~5-10 s when idle); then cold: the job is re-queued
 
 
+KEEP_ALIVE_S = 75
+"""Idle keep-alive seconds of the API's connections: longer than clients' pool expiry (httpx: 5 s,
+uvicorn's default too), so a client never reuses a connection the server is closing that instant."""
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("worker")(worker)
@@ -108,7 +113,10 @@ def serve(
     migrate()
     proc = _start_worker() if with_worker else None
     try:
-        uvicorn.run("spottune.app.main:create_app", factory=True, host=host, port=port)
+        uvicorn.run(
+            "spottune.app.main:create_app", factory=True, host=host, port=port,
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
     finally:
         if proc is not None:
             _stop_worker(proc)
