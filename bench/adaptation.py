@@ -232,12 +232,18 @@ class Bench:
         # test: the first subjects of each other head; validation (for choosing settings): the
         # next ones, so that nothing is ever tuned on a test subject
         n = self.profile.test_per_head
-        first = 0 if self.split == "test" or n is None else n
+        if self.split == "validation" and n is None:
+            raise ValueError("--split validation needs a profile with test_per_head set: with "
+                             "every subject a test subject there is nothing left to validate on")
+        if n is None:
+            window = slice(None)
+        else:
+            window = slice(0, n) if self.split == "test" else slice(n, 2 * n)
         test_ids = [
             s["id"]
             for h in heads
             if h != train_head
-            for s in self.data.at(target, h)[first : None if n is None else first + n]
+            for s in self.data.at(target, h)[window]
         ]
         if not test_ids:
             raise ValueError(f"no {self.split} subjects for {target}: too few scans per head")
