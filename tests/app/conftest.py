@@ -18,6 +18,7 @@ from spottune.app.main import create_app
 from spottune.app.migrate import upgrade_head
 from spottune.app.settings import Settings
 from tests.app.helpers import ClinicCtx, make_clinic, phantom_bytes, tiny_weights
+from tests.services import REDIS_PORT
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 REDIS_DB = 11
@@ -69,7 +70,7 @@ def api_settings(database_url: str, data_dir: Path, redis_db: int) -> Settings:
     """Settings of the API under test: small limits, a Redis database of the suite's own."""
     return Settings(
         database_url=database_url,
-        broker_url=f"redis://127.0.0.1:6379/{redis_db}",
+        broker_url=f"redis://127.0.0.1:{REDIS_PORT}/{redis_db}",
         data_dir=data_dir,
         max_upload_bytes=MAX_UPLOAD,
         max_voxels=64**3,
@@ -85,7 +86,7 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
 
 @pytest.fixture()
 def broker() -> Iterator[redis.Redis]:
-    r = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    r = redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB)
     r.delete("gpu")
     yield r
     r.delete("gpu")

@@ -22,6 +22,7 @@ from tests.app.conftest import (  # noqa: F401  (fixtures are found by name)
     session_factory,
     weights_bytes,
 )
+from tests.services import REDIS_PORT
 
 REDIS_DB = 13
 
@@ -33,7 +34,7 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
 
 @pytest.fixture()
 def broker() -> Iterator[redis.Redis]:
-    r = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    r = redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB)
     r.flushdb()
     yield r
     r.flushdb()

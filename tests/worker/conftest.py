@@ -17,9 +17,11 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.services import REDIS_PORT
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_DB = 9  # worker tests own db 9 (app: 11, security: 13, bench: 14); flushed at start
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
 ROOT = Path(__file__).resolve().parents[2]
 
 # Short timings so lifecycle repairs happen within a test's patience.
