@@ -111,6 +111,9 @@ class GatingConfig(_Strict):
     policy: Literal["instance", "global"] = "instance"
     temperature: float = Field(default=0.1, gt=0.0, le=10.0)
     """Gumbel-softmax temperature (the paper keeps 0.1 fixed)."""
+    agent_stride: int | None = Field(default=None, ge=1, le=64)
+    """Instance policy: average-pooling stride of the agent's input, the same in training and at
+    inference. None (models saved before it existed): any input is pooled to 32x32."""
 
 
 class ModelConfig(_Strict):

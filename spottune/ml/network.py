@@ -192,7 +192,8 @@ def build_model(config: ModelConfig) -> nn.Module:
         return base
     from spottune.ml.spottune import SpotTUNet  # spottune imports this module
 
-    return SpotTUNet(base, config.gating.policy, config.gating.temperature)
+    gating = config.gating
+    return SpotTUNet(base, gating.policy, gating.temperature, agent_stride=gating.agent_stride)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

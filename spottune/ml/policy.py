@@ -17,11 +17,20 @@ PolicyKind = Literal["instance", "global"]
 FROZEN, TRAINABLE = 0, 1  # positions in the last axis of policy logits
 
 AGENT_INPUT_SIZE = 32
-"""Slices larger than this (pixels, either side) reach the agent average-pooled to 32x32 (a
+"""The agent sees its input average-pooled so that a training patch becomes about 32x32 pixels (a
 deviation from the paper's agent, which sees the full patch): the decision depends on global
 contrast and which part of the head the slice shows, not on fine detail. At 64x64 the agent alone
 cost ~9% of a 128x128 U-Net step on CPU; at 32x32 ~2.5%. The agent ends in a global average pool,
 so it accepts any input size."""
+
+
+def agent_stride_for(patch_size: int) -> int:
+    """Pooling stride that brings a `patch_size` training patch to about AGENT_INPUT_SIZE pixels.
+
+    The stride is fixed for the model's life (it is stored in its GatingConfig), so whole slices at
+    inference are pooled by the same factor as training patches: the agent sees one scale.
+    """
+    return max(1, round(patch_size / AGENT_INPUT_SIZE))
 
 
 class _AgentBlock(nn.Module):
@@ -46,13 +55,16 @@ class InstancePolicy(nn.Module):
     """The paper's agent: a small ResNet deciding per slice.
 
     conv 3x3 C->32, three basic blocks 64/128/256 (stride 2), global average pool, linear to
-    2 * n_gates. Large inputs are first average-pooled (see AGENT_INPUT_SIZE).
+    2 * n_gates. Inputs are first average-pooled by `stride` (see agent_stride_for); with
+    stride None (models saved before the stride existed) any input larger than AGENT_INPUT_SIZE is
+    pooled to AGENT_INPUT_SIZE, whatever its size.
     forward(x [B, C, H, W]) -> logits [B, n_gates, 2].
     """
 
-    def __init__(self, n_gates: int, in_channels: int = 1) -> None:
+    def __init__(self, n_gates: int, in_channels: int = 1, stride: int | None = None) -> None:
         super().__init__()
         self.n_gates = n_gates
+        self.stride = stride
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU()
         )
@@ -62,7 +74,10 @@ class InstancePolicy(nn.Module):
         self.head = nn.Linear(256, 2 * n_gates)
 
     def forward(self, x: Tensor) -> Tensor:
-        if max(x.shape[-2:]) > AGENT_INPUT_SIZE:
+        if self.stride is not None:
+            if self.stride > 1:
+                x = F.avg_pool2d(x, self.stride, ceil_mode=True)
+        elif max(x.shape[-2:]) > AGENT_INPUT_SIZE:
             x = F.adaptive_avg_pool2d(x, AGENT_INPUT_SIZE)
         h = self.blocks(self.stem(x))
         logits: Tensor = self.head(h.mean(dim=(-2, -1)))
@@ -80,9 +95,31 @@ class GlobalPolicy(nn.Module):
         return self.logits.unsqueeze(0)
 
 
-def make_policy(kind: PolicyKind, n_gates: int, in_channels: int = 1) -> nn.Module:
+class FixedPolicy(nn.Module):
+    """Decisions given in advance, one per gate for all inputs (no parameters).
+
+    decisions: bool [n_gates], True = trainable twin. forward(x) -> logits [1, n_gates, 2] with a
+    margin so large that Gumbel noise at any sane temperature never flips a decision. Used to check
+    that SpotTUNet with a fixed configuration trains exactly like the matching fixed method.
+    """
+
+    MARGIN = 1e4
+
+    def __init__(self, decisions: Tensor) -> None:
+        super().__init__()
+        chosen = decisions.bool().float()
+        self.register_buffer("fixed_logits", torch.stack([1 - chosen, chosen], -1) * self.MARGIN)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.get_buffer("fixed_logits")
+        return logits.unsqueeze(0)
+
+
+def make_policy(
+    kind: PolicyKind, n_gates: int, in_channels: int = 1, agent_stride: int | None = None
+) -> nn.Module:
     if kind == "instance":
-        return InstancePolicy(n_gates, in_channels)
+        return InstancePolicy(n_gates, in_channels, agent_stride)
     if kind == "global":
         return GlobalPolicy(n_gates)
     raise ValueError(f"unknown policy {kind!r}; expected 'instance' or 'global'")

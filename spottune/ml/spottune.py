@@ -1,19 +1,28 @@
 """SpotTUNet: every unit of a source U-Net as a frozen and a trainable twin, chosen by a policy.
 
 Output of gate i for sample b: g[b, i] * trainable_i(x) + (1 - g[b, i]) * frozen_i(x), with
-g in {0, 1}. Unlike the reference code, frozen twins are kept in eval mode at all times, so their
-BatchNorm running statistics never change, and nothing is recorded on the module during forward.
+g in {0, 1}. Nothing is recorded on the module during forward.
+
+How frozen twins normalise (`frozen_norm`): "source" keeps them in eval mode at all times, so they
+normalise with the source model's BatchNorm statistics and those never change; "target" lets them
+follow the module's train/eval mode as the reference code did, so while training they normalise
+with batch statistics (as the trainable twins do) and their running statistics drift to the target
+domain (their weights stay frozen either way). With "source" every gate also chooses between two
+normalisations, not only between two sets of weights.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from spottune.ml.network import UNet
-from spottune.ml.policy import PolicyKind, make_policy, sample_gates
+from spottune.ml.policy import FixedPolicy, PolicyKind, make_policy, sample_gates
+
+FrozenNorm = Literal["source", "target"]
 
 
 class _GateMix(torch.autograd.Function):
@@ -66,22 +75,37 @@ class SpotTUNet(nn.Module):
 
     Args:
         base: the source U-Net; both twins start as deep copies of it (it is not modified).
-        policy: "instance" (an agent decides per slice) or "global" (one decision per gate).
+        policy: "instance" (an agent decides per slice) or "global" (one decision per gate); or
+            bool [n_gates] decisions fixed in advance (True = trainable twin; a FixedPolicy).
         temperature: Gumbel-softmax temperature used while training.
+        agent_stride: instance policy: pooling stride of the agent's input (see policy.py).
+        frozen_norm: how frozen twins normalise, "source" or "target" (see the module docstring).
 
     State-dict layout: `frozen.<gate>.*`, `trainable.<gate>.*`, `policy.*`.
     """
 
-    def __init__(self, base: UNet, policy: PolicyKind = "instance", temperature: float = 0.1):
+    def __init__(
+        self,
+        base: UNet,
+        policy: PolicyKind | Tensor = "instance",
+        temperature: float = 0.1,
+        *,
+        agent_stride: int | None = None,
+        frozen_norm: FrozenNorm = "source",
+    ):
         super().__init__()
-        self.policy_kind: PolicyKind = policy
+        self.policy_kind: PolicyKind = "global" if isinstance(policy, Tensor) else policy
         self.temperature = temperature
+        self.frozen_norm: FrozenNorm = frozen_norm
         self.frozen = copy.deepcopy(base).requires_grad_(False).eval()
         self.trainable = copy.deepcopy(base).requires_grad_(True)
         self.gate_names: list[str] = [spec.name for spec in base.units]
         self.gate_stages: list[str] = [spec.stage for spec in base.units]
         self._gate_index = {name: i for i, name in enumerate(self.gate_names)}
-        self.policy = make_policy(policy, len(self.gate_names), base.in_channels)
+        self.policy: nn.Module = (
+            FixedPolicy(policy) if isinstance(policy, Tensor)
+            else make_policy(policy, len(self.gate_names), base.in_channels, agent_stride)
+        )
         self.train(base.training)
 
     @property
@@ -94,9 +118,10 @@ class SpotTUNet(nn.Module):
         return len(self.gate_names)
 
     def train(self, mode: bool = True) -> SpotTUNet:
-        """Set train/eval mode; the frozen twins stay in eval mode regardless."""
+        """Set train/eval mode; with frozen_norm "source" the frozen twins stay in eval mode."""
         super().train(mode)
-        self.frozen.eval()
+        if self.frozen_norm == "source":
+            self.frozen.eval()
         return self
 
     def forward(self, x: Tensor) -> Tensor:
