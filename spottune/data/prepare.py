@@ -29,7 +29,7 @@ from spottune.data.sites import SITE_NAMES, acquire, get_site
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: scans carry "reference_mask" (common grid)
 FULL_SPACING_MM = 1.0
 QUICK_SPACING_MM = 3.0
 N_PHANTOMS = 3
@@ -63,6 +63,7 @@ class ScanJob:
     subject: str
     image: str  # paths relative to the output directory
     mask: str
+    reference_mask: str  # the subject's mask on the common grid, before acquisition
 
 
 def nifti_gz_bytes(data: np.ndarray, affine: np.ndarray, level: int = 6) -> bytes:
@@ -100,6 +101,7 @@ def plan_jobs(options: PrepareOptions, heads: Sequence[Head]) -> list[ScanJob]:
                         subject,
                         image=f"{site}/{scan_id}.nii.gz",
                         mask=f"{site}/{scan_id}_mask.nii.gz",
+                        reference_mask=f"{site}/{scan_id}_reference.nii.gz",
                     )
                 )
     return jobs
@@ -121,10 +123,16 @@ def build_scan(job: ScanJob, seed: int, out: Path, gzip_level: int) -> str:
         [seed, _STREAM_SITE, job.site_index, job.head_index, job.subject_index]
     )
     scan = acquire(get_site(job.site), image, mask, head.grid, site_rng)
-    for relative, data in ((job.image, scan.image), (job.mask, scan.mask)):
+    # The reference mask stays on the common grid: every site's predictions can be scored on one
+    # grid, whatever the site's voxels and orientation.
+    for relative, data, affine in (
+        (job.image, scan.image, scan.affine),
+        (job.mask, scan.mask, scan.affine),
+        (job.reference_mask, np.asarray(mask, dtype=np.uint8), head.grid.affine),
+    ):
         path = out / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(nifti_gz_bytes(data, scan.affine, gzip_level))
+        path.write_bytes(nifti_gz_bytes(data, affine, gzip_level))
     return job.scan_id
 
 
@@ -146,6 +154,7 @@ def manifest_dict(options: PrepareOptions, jobs: Sequence[ScanJob], heads: Seque
                 "subject": j.subject,
                 "image": j.image,
                 "mask": j.mask,
+                "reference_mask": j.reference_mask,
             }
             for j in jobs
         ],

@@ -68,7 +68,7 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(
 
 def test_manifest_lists_every_scan(built: Path) -> None:
     manifest = json.loads((built / "manifest.json").read_text())
-    assert manifest["version"] == 1 and manifest["seed"] == 0
+    assert manifest["version"] == 2 and manifest["seed"] == 0
     assert manifest["spacing_mm"] == [QUICK_SPACING_MM] * 3
     assert set(manifest["sites"]) == {site.name for site in SITES}
     assert all(isinstance(text, str) and text for text in manifest["sites"].values())
@@ -84,6 +84,13 @@ def test_manifest_lists_every_scan(built: Path) -> None:
         assert image.shape == mask.shape
         np.testing.assert_allclose(image.affine, mask.affine)
         assert set(np.unique(np.asarray(mask.dataobj))) == {0, 1}
+        # the reference mask lies on the common grid and is the same anatomy as the site's mask
+        reference = nib.load(built / scan["reference_mask"])
+        assert reference.shape == QUICK_GRID.shape
+        np.testing.assert_allclose(reference.affine, QUICK_GRID.affine)
+        volume_ml = [np.asarray(m.dataobj).sum() * abs(np.linalg.det(m.affine[:3, :3]))
+                     for m in (mask, reference)]
+        assert volume_ml[0] == pytest.approx(volume_ml[1], rel=0.1)
 
 
 def test_warped_mask_follows_warped_image() -> None:
