@@ -9,6 +9,7 @@ distances are Euclidean distance transforms in mm between the two surfaces' surf
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -138,3 +139,44 @@ def hausdorff95(a: np.ndarray, b: np.ndarray, spacing_mm: Sequence[float]) -> fl
     if area_a.size == 0 and area_b.size == 0:
         return 0.0
     return max(_percentile_distance(d_ab, area_a, 95.0), _percentile_distance(d_ba, area_b, 95.0))
+
+
+@dataclass(frozen=True)
+class MaskScores:
+    """Agreement of a predicted mask with a reference. surface_dice: tolerance (mm) -> value."""
+
+    dice: float
+    surface_dice: dict[float, float]
+    hd95: float
+
+
+def score_masks(
+    predicted: np.ndarray,
+    reference: np.ndarray,
+    spacing_mm: Sequence[float],
+    tolerances_mm: Sequence[float] = (1.0, 2.0),
+) -> MaskScores:
+    """Dice, surface Dice at each tolerance and HD95 (mm) of `predicted` against `reference`.
+
+    Both masks [X, Y, Z] on one grid of `spacing_mm` voxels. Surface distances are computed once
+    for all the surface metrics.
+    """
+    predicted, reference = _as_bool(predicted, "predicted"), _as_bool(reference, "reference")
+    d_ab, area_a, d_ba, area_b = surface_distances(reference, predicted, spacing_mm)
+    total = float(area_a.sum() + area_b.sum())
+    surface: dict[float, float] = {}
+    for tolerance in tolerances_mm:
+        if total == 0.0:
+            value = 1.0 if not (reference.any() or predicted.any()) else 0.0
+        elif area_a.size == 0 or area_b.size == 0:
+            value = 0.0
+        else:
+            close = area_a[d_ab <= tolerance].sum() + area_b[d_ba <= tolerance].sum()
+            value = float(close / total)
+        surface[float(tolerance)] = value
+    if area_a.size == 0 and area_b.size == 0:
+        hd95 = 0.0
+    else:
+        hd95 = max(_percentile_distance(d_ab, area_a, 95.0),
+                   _percentile_distance(d_ba, area_b, 95.0))
+    return MaskScores(dice(predicted, reference), surface, hd95)

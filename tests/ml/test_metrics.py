@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from spottune.ml.metrics import dice, hausdorff95, surface_dice
+from spottune.ml.metrics import dice, hausdorff95, score_masks, surface_dice
 
 surface_distance = pytest.importorskip("surface_distance")
 
@@ -77,3 +77,18 @@ def test_dice_value_and_shape_check() -> None:
     assert dice(a, b) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         dice(a, np.zeros((4, 4, 5)))
+
+
+def test_score_masks_agrees_with_the_single_metrics() -> None:
+    rng = np.random.default_rng(0)
+    reference = np.zeros((30, 32, 28), dtype=bool)
+    reference[5:25, 6:26, 4:22] = True
+    predicted = np.roll(reference, 2, axis=0) | (rng.random(reference.shape) > 0.995)
+    spacing = (1.0, 1.2, 2.0)
+    scores = score_masks(predicted, reference, spacing, (1.0, 2.0))
+    assert scores.dice == pytest.approx(dice(predicted, reference))
+    for tolerance in (1.0, 2.0):
+        assert scores.surface_dice[tolerance] == pytest.approx(
+            surface_dice(reference, predicted, spacing, tolerance))
+    assert scores.hd95 == pytest.approx(hausdorff95(reference, predicted, spacing))
+    assert scores.surface_dice[1.0] < scores.surface_dice[2.0] < 1.0
