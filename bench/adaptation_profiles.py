@@ -1,18 +1,36 @@
-"""Profiles of the adaptation benchmark: resolution, model, schedule, budgets, pairs."""
+"""Profiles of the adaptation benchmark: resolution, model, schedule, budgets, pairs, folds."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 WHOLE_VOLUME = "volume"
+Budget = int | str  # a number of annotated slices (every k-th slice), or WHOLE_VOLUME
+
+FIXED_METHODS = ("finetune-all", "finetune-first", "finetune-last")
+# method label -> (adapt() method, extra AdaptOptions); "none" and "oracle" are handled apart
+ADAPT_METHODS: dict[str, tuple[str, dict[str, object]]] = {
+    "finetune-all": ("finetune-all", {}),
+    "finetune-first": ("finetune-first", {}),
+    "finetune-last": ("finetune-last", {}),
+    "spottune": ("spottune", {"policy": "instance"}),
+    "spottune-global": ("spottune", {"policy": "global"}),
+    "spottune-adabn": ("spottune", {"policy": "instance", "adabn": True}),
+}
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Resolution, model and schedule of one benchmark profile (iterations = batches).
+    """Resolution, model, schedule and protocol of one benchmark profile (iterations = batches).
 
-    Both optimisers are SGD Nesterov; the learning rate drops x0.1 at 80% (source) / 75%
-    (adaptation) of the iterations, as in train.py.
+    Protocol v2: one fold per head of the data. In a fold, that head is the test head: its
+    target-site subjects are the test scans, and no model of the fold (source, oracle, adapted)
+    trains on that head's anatomy. The source model trains on the source site's scans of the other
+    heads, the oracle on the target site's scans of the other heads, the adaptation on every k-th
+    slice of one target-site subject of another head. Validation scans (for choosing settings and
+    the best fixed strategy) are other target-site subjects of the non-test heads, never a test
+    scan and never the adaptation's training subject. Each fold runs `seeds_per_fold` seeds; a seed
+    changes the source model, the oracle, the training subject and the adaptation.
     """
 
     spacing_mm: tuple[float, float]  # in-plane spacing of the model's slices
@@ -23,76 +41,54 @@ class Profile:
     source_iterations: int  # source models and oracles
     source_learning_rate: float
     adapt_iterations: int
-    adapt_learning_rate: float
-    budgets: tuple[str, ...]  # "5", "12", ... (every k-th slice) or "volume"
-    seeds: int
+    adapt_learning_rate: float | None  # None: derived from the iteration budget (train.py)
+    policy_learning_rate: float | None  # None: 10x the network's (train.py)
+    budgets: tuple[Budget, ...]
+    seeds_per_fold: int
     pairs: tuple[tuple[str, str], ...]
-    test_per_head: int | None  # test subjects per other head (None: all)
-    unlabelled_volumes: int | None  # target volumes AdaBN re-estimates on (None: the whole pool)
+    validation_per_fold: int  # validation subjects scored per fold
+    unlabelled_volumes: int | None  # target volumes AdaBN / BN re-estimation see (None: all)
+    methods: tuple[str, ...]
+    frozen_norm: str = "source"
 
 
-ALL_BUDGETS = ("5", "12", "45", "90", WHOLE_VOLUME)
+CPU_PAIRS = (
+    ("siemens15", "philips3"),  # T2-like inversion
+    ("siemens15", "siemens3"),  # blur, flat contrast
+    ("siemens15", "philips15"),  # thick sagittal slices, steep contrast
+    ("siemens15", "ge3"),  # gamma contrast, 1.2 mm LPS
+)
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
-        spacing_mm=(4.0, 4.0),
-        width=4,
-        blocks_per_stage=1,
-        patch_size=48,
-        batch_size=4,
-        source_iterations=30,
-        source_learning_rate=0.05,
-        adapt_iterations=10,
-        adapt_learning_rate=0.01,
-        budgets=("5", WHOLE_VOLUME),
-        seeds=1,
-        pairs=(("siemens15", "philips3"),),
-        test_per_head=1,
-        unlabelled_volumes=1,
+        spacing_mm=(4.0, 4.0), width=4, blocks_per_stage=1, patch_size=32, batch_size=4,
+        source_iterations=30, source_learning_rate=0.05, adapt_iterations=10,
+        adapt_learning_rate=None, policy_learning_rate=None, budgets=(5, WHOLE_VOLUME),
+        seeds_per_fold=1, pairs=(("siemens15", "philips3"),), validation_per_fold=1,
+        unlabelled_volumes=1, methods=("finetune-first", "spottune", "spottune-global"),
     ),
     # 2-core CPU, one thread per process: 2 mm in-plane, a slim U-Net (width 8, one block per
-    # stage), schedules ~10x (source) and 30x (adaptation) shorter with larger learning rates.
-    # As in the paper, adaptation uses the source learning rate. Chosen on the validation split
-    # (--split validation, siemens15->philips3, seed 0), never on test subjects: 200 iterations at
-    # 0.05 beat 60 at 0.01 for every method at 5 and 45 slices (e.g. SpotTUnet sDice 0.231 vs 0.167
-    # at 5 slices, finetune-all 0.215 vs 0.157 at 45); more iterations do not fit in an hour.
-    "quick": Profile(
-        spacing_mm=(2.0, 2.0),
-        width=8,
-        blocks_per_stage=1,
-        patch_size=64,
-        batch_size=8,
-        source_iterations=1000,
-        source_learning_rate=0.05,
-        adapt_iterations=200,
-        adapt_learning_rate=0.05,
-        budgets=ALL_BUDGETS,
-        seeds=3,
-        pairs=(("siemens15", "philips3"), ("siemens15", "ge3")),
-        test_per_head=1,
-        unlabelled_volumes=2,
+    # stage), schedules ~10x (source) and 30x (adaptation) shorter than the paper's, the learning
+    # rates those budgets get by default (train.default_learning_rate: 0.05 at 200 iterations).
+    "cpu": Profile(
+        spacing_mm=(2.0, 2.0), width=8, blocks_per_stage=1, patch_size=64, batch_size=8,
+        source_iterations=1000, source_learning_rate=0.05, adapt_iterations=200,
+        adapt_learning_rate=None, policy_learning_rate=None, budgets=(5, 12, 45, WHOLE_VOLUME),
+        seeds_per_fold=1, pairs=CPU_PAIRS, validation_per_fold=2, unlabelled_volumes=2,
+        methods=(*FIXED_METHODS, "spottune", "spottune-global"),
     ),
     # the reference: 0.95 mm, 256x256 patches, 100x100 batches of 16 (source), 60x100 (adaptation)
     "paper": Profile(
-        spacing_mm=(0.95, 0.95),
-        width=16,
-        blocks_per_stage=3,
-        patch_size=256,
-        batch_size=16,
-        source_iterations=10_000,
-        source_learning_rate=1e-3,
-        adapt_iterations=6_000,
-        adapt_learning_rate=1e-3,
-        budgets=ALL_BUDGETS,
-        seeds=3,
-        pairs=(
-            ("siemens15", "philips3"),
-            ("siemens15", "ge3"),
-            ("ge3", "siemens15"),
-            ("philips15", "siemens3"),
-            ("siemens3", "philips15"),
-            ("philips3", "ge3"),
-        ),
-        test_per_head=None,
-        unlabelled_volumes=None,
+        spacing_mm=(0.95, 0.95), width=16, blocks_per_stage=3, patch_size=256, batch_size=16,
+        source_iterations=10_000, source_learning_rate=1e-3, adapt_iterations=6_000,
+        adapt_learning_rate=1e-3, policy_learning_rate=1e-2,
+        budgets=(5, 12, 45, 90, WHOLE_VOLUME), seeds_per_fold=3,
+        pairs=(*CPU_PAIRS, ("ge3", "siemens15"), ("philips15", "siemens3")),
+        validation_per_fold=3, unlabelled_volumes=None,
+        methods=(*FIXED_METHODS, "spottune", "spottune-global", "spottune-adabn"),
     ),
 }
+
+
+def parse_budget(text: str) -> Budget:
+    return WHOLE_VOLUME if text == WHOLE_VOLUME else int(text)

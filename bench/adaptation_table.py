@@ -1,109 +1,71 @@
-"""Markdown summary of adaptation benchmark rows: mean sDice per method and budget, gap closed,
-and a paired Wilcoxon test of SpotTUnet against the best fixed fine-tuning strategy per budget."""
+"""Markdown report of the adaptation benchmark: sDice with 95% intervals and gap closed per method
+and budget, the validation-chosen best fixed strategy, SpotTUnet against it, policy agreement."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
-import numpy as np
-from scipy.stats import wilcoxon
-
-BUDGET_FREE = ("none", "oracle")  # evaluated once per pair and seed, the same for every budget
-FIXED = ("finetune-all", "finetune-first", "finetune-last")
-ORDER = ("none", *FIXED, "spottune", "spottune-global", "spottune-adabn", "oracle")
-
-
-def _key(row: dict) -> tuple:
-    return (row["source_site"], row["target_site"], row["seed"], row["subject"])
-
-
-def _select(rows: Sequence[dict], method: str, budget: str) -> list[dict]:
-    return [
-        r
-        for r in rows
-        if r["method"] == method and (method in BUDGET_FREE or r["budget"] == budget)
-    ]
-
-
-def pair_mean(
-    rows: Sequence[dict], method: str, budget: str, metric: str = "sdice"
-) -> float | None:
-    """Mean of `metric` per source->target pair (over seeds and test subjects), then over pairs."""
-    per_pair: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for row in _select(rows, method, budget):
-        per_pair[(row["source_site"], row["target_site"])].append(row[metric])
-    if not per_pair:
-        return None
-    return float(np.mean([np.mean(values) for values in per_pair.values()]))
+ORDER = ("none", "finetune-all", "finetune-first", "finetune-last", "spottune",
+         "spottune-global", "spottune-adabn", "oracle")
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _wilcoxon(rows: Sequence[dict], budget: str, best: str) -> str:
-    ours = {_key(r): r["sdice"] for r in _select(rows, "spottune", budget)}
-    theirs = {_key(r): r["sdice"] for r in _select(rows, best, budget)}
-    shared = sorted(set(ours) & set(theirs))
-    differences = np.array([ours[k] - theirs[k] for k in shared])
-    if len(shared) < 2 or not np.any(differences):
-        return f"n={len(shared)}, not testable"
-    p_value = float(wilcoxon(differences).pvalue)
-    return f"n={len(shared)}, mean diff {differences.mean():+.3f}, p={p_value:.3g}"
-
-
-def markdown_report(rows: Sequence[dict], budgets: Sequence[str], title: str) -> str:
-    """The benchmark's markdown table (see module docstring)."""
-    methods = [m for m in ORDER if any(r["method"] == m for r in rows)]
-    lines = [
-        f"# {title}",
-        "",
-        "Mean surface Dice (1 mm), averaged per source->target pair, then over "
-        "pairs; in brackets the gap closed = (method - none) / (oracle - none).",
-        "",
-    ]
-    header = "| method | " + " | ".join(
-        f"{b} slices" if b != "volume" else "1 volume" for b in budgets
-    )
-    lines += [header + " |", "|---" * (len(budgets) + 1) + "|"]
-    for method in methods:
+def markdown_report(report: dict[str, Any], budgets: Sequence[Any], title: str) -> str:
+    summary = {(s["method"], s["budget"]): s for s in report["summary"]}
+    best = report["best_fixed"]
+    lines = [f"# {title}", "",
+             "Mean surface Dice at 1 mm on the common 1 mm grid, [95% interval], (gap closed); "
+             "**bold**: the best fixed strategy chosen on the validation scans.", "",
+             "| method | " + " | ".join(f"{b} slices" if b != "volume" else "1 volume"
+                                        for b in budgets) + " |",
+             "|---" * (len(budgets) + 1) + "|"]
+    for method in ORDER:
         cells = []
         for budget in budgets:
-            value = pair_mean(rows, method, budget)
-            none, oracle = pair_mean(rows, "none", budget), pair_mean(rows, "oracle", budget)
-            gap = None
-            if None not in (value, none, oracle) and method not in BUDGET_FREE and oracle != none:
-                gap = (value - none) / (oracle - none)  # type: ignore[operator]
-            cells.append(_fmt(value) + (f" ({_fmt(gap, 2)})" if gap is not None else ""))
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Mean Dice, same averaging:",
-        "",
-        header + " |",
-        "|---" * (len(budgets) + 1) + "|",
-    ]
-    for method in methods:
-        lines.append(
-            f"| {method} | "
-            + " | ".join(_fmt(pair_mean(rows, method, b, "dice")) for b in budgets)
-            + " |"
-        )
-    lines += [
-        "",
-        "SpotTUnet (instance) vs the best fixed strategy per budget, paired Wilcoxon over "
-        "(pair, seed, test subject):",
-        "",
-    ]
-    for budget in budgets:
-        scored = [(pair_mean(rows, m, budget), m) for m in FIXED]
-        scored = [(v, m) for v, m in scored if v is not None]
-        if not scored or pair_mean(rows, "spottune", budget) is None:
-            continue
-        best = max(scored)[1]
-        lines.append(f"- {budget}: best fixed = {best}; {_wilcoxon(rows, budget, best)}")
-    pairs = sorted({(r["source_site"], r["target_site"]) for r in rows})
-    seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})
-    lines += ["", f"Pairs: {', '.join(f'{s}->{t}' for s, t in pairs)}; seeds: {seeds}.", ""]
-    return "\n".join(lines)
+            s = summary.get((method, budget))
+            if s is None:
+                cells.append("-")
+                continue
+            text = f"{s['mean_sdice']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+            if method not in ("none", "oracle") and s["gap_closed"] is not None:
+                text += f" ({s['gap_closed']:.2f})"
+            if best.get(str(budget)) == method:
+                text = f"**{text}**"
+            cells.append(text)
+        if any(c != "-" for c in cells):
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "Surface Dice at 2 mm / Dice / median HD95 (mm):", "",
+              "| method | " + " | ".join(str(b) for b in budgets) + " |",
+              "|---" * (len(budgets) + 1) + "|"]
+    for method in ORDER:
+        cells = []
+        for budget in budgets:
+            s = summary.get((method, budget))
+            cells.append("-" if s is None else f"{_fmt(s['mean_sdice_2mm'])} / "
+                         f"{_fmt(s['mean_dice'])} / {_fmt(s['median_hd95'], 1)}")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    c = report["ceiling"]
+    lines += ["", f"Round-trip ceiling (reference mask through the model's grid and back): "
+              f"sDice {_fmt(c['mean_sdice'])}, sDice 2 mm {_fmt(c['mean_sdice_2mm'])}, "
+              f"Dice {_fmt(c['mean_dice'])}.", ""]
+    if report["comparisons"]:
+        lines += ["SpotTUnet minus the validation-chosen best fixed strategy (paired per test "
+                  "subject, hierarchical bootstrap, Holm across budgets):", "",
+                  "| method | budget | best fixed | difference [95% CI] | p (Holm) |",
+                  "|---|---|---|---|---|"]
+        for r in report["comparisons"]:
+            lines.append(f"| {r['method']} | {r['budget']} | {r['best_fixed']} | "
+                         f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | "
+                         f"{r['p_holm']:.3f} |")
+        lines.append("")
+    for name, agreement in report["policy_agreement_by_method"].items():
+        lines.append(f"Policy agreement ({name}, Spearman of per-gate probabilities): same site "
+                     f"across seeds {_fmt(agreement['same_site_across_seeds'], 2)} "
+                     f"(n = {agreement['n_same_site']}), across sites "
+                     f"{_fmt(agreement['across_sites'], 2)} (n = {agreement['n_across_sites']}).")
+    return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from surface_distance.lookup_tables import (
     ENCODE_NEIGHBOURHOOD_3D_KERNEL,
     create_table_neighbour_code_to_surface_area,
@@ -90,19 +91,21 @@ def surface_distances(
     border_a, area_map_a = surface(a)
     border_b, area_map_b = surface(b)
 
-    def distances_to(border: np.ndarray) -> np.ndarray:
-        if not border.any():
-            return np.full(border.shape, np.inf)
-        return ndimage.distance_transform_edt(~border, sampling=spacing)
-
-    dist_a, dist_b = distances_to(border_a), distances_to(border_b)
+    def distances(border: np.ndarray, to: np.ndarray) -> np.ndarray:
+        # Nearest border-voxel centre of the other mask, in mm: what a Euclidean distance
+        # transform of ~to gives at `border`, but without transforming the whole box.
+        points = np.argwhere(border) * np.asarray(spacing)
+        if not to.any():
+            return np.full(len(points), np.inf)
+        found, _ = cKDTree(np.argwhere(to) * np.asarray(spacing)).query(points)
+        return np.asarray(found, dtype=np.float64)
 
     def ordered(dist: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         order = np.lexsort((area, dist))
         return dist[order], area[order]
 
-    d_ab, area_a = ordered(dist_b[border_a], area_map_a[border_a])
-    d_ba, area_b = ordered(dist_a[border_b], area_map_b[border_b])
+    d_ab, area_a = ordered(distances(border_a, border_b), area_map_a[border_a])
+    d_ba, area_b = ordered(distances(border_b, border_a), area_map_b[border_b])
     return d_ab, area_a, d_ba, area_b
 
 

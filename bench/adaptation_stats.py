@@ -1,0 +1,170 @@
+"""Statistics of the adaptation benchmark: intervals, the best fixed strategy, policy agreement.
+
+- Values are averaged over seeds per (pair, test subject) first; a 95% interval comes from a
+  hierarchical bootstrap that resamples pairs, then test subjects within each resampled pair.
+- The best fixed strategy per budget is chosen on the validation scans, then compared on test.
+- SpotTUnet vs that strategy: the paired difference per (pair, subject), bootstrapped the same way;
+  two-sided bootstrap p-values, Holm-corrected across budgets.
+- Policy agreement: Spearman correlation of per-gate fine-tune probabilities between runs of the
+  same pair and budget with different seeds, and between runs of different target sites with the
+  same seed and budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from adaptation_profiles import FIXED_METHODS
+from scipy.stats import spearmanr
+
+N_BOOTSTRAP = 4000
+Cell = dict[tuple[str, str], dict[str, float]]  # (source, target) -> subject -> value
+
+
+def cells(rows: Sequence[dict], method: str, budget: Any, split: str = "test",
+          metric: str = "sdice") -> Cell:
+    """Seed-averaged values per (pair, subject). Budget-free methods ignore `budget`."""
+    values: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["method"] != method or r["split"] != split:
+            continue
+        if r["budget"] is not None and r["budget"] != budget:
+            continue
+        values[(r["source_site"], r["target_site"])][r["subject"]].append(r[metric])
+    return {pair: {s: float(np.mean(v)) for s, v in subjects.items()}
+            for pair, subjects in values.items()}
+
+
+def point(cell: Cell) -> float | None:
+    """Mean over subjects per pair, then over pairs (the paper's averaging)."""
+    if not cell:
+        return None
+    return float(np.mean([np.mean(list(s.values())) for s in cell.values()]))
+
+
+def median(cell: Cell) -> float | None:
+    """Median over all (pair, subject) values: HD95 is inf where a prediction is empty."""
+    values = [v for s in cell.values() for v in s.values()]
+    return float(np.median(values)) if values else None
+
+
+def bootstrap(cell: Cell, rng: np.random.Generator, n: int = N_BOOTSTRAP) -> np.ndarray:
+    """Bootstrap distribution of point(cell): pairs resampled, then subjects within pairs."""
+    pairs = [np.array(list(s.values())) for s in cell.values()]
+    out = np.empty(n)
+    for b in range(n):
+        chosen = rng.integers(0, len(pairs), len(pairs))
+        out[b] = np.mean([pairs[i][rng.integers(0, pairs[i].size, pairs[i].size)].mean()
+                          for i in chosen])
+    return out
+
+
+def difference(a: Cell, b: Cell) -> Cell:
+    """Paired a - b per (pair, subject) present in both."""
+    return {pair: {s: a[pair][s] - b[pair][s] for s in a[pair] if s in b.get(pair, {})}
+            for pair in a if pair in b}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order."""
+    order = np.argsort(p_values)
+    m = len(p_values)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def summarise(rows: Sequence[dict], budgets: Sequence[Any], methods: Sequence[str],
+              seed: int = 0) -> dict[str, Any]:
+    """summary, best_fixed, comparisons (SpotTUnet vs the best fixed strategy) and ceilings."""
+    rng = np.random.default_rng(seed)
+    none, oracle = point(cells(rows, "none", None)), point(cells(rows, "oracle", None))
+    summary = []
+    for budget in budgets:
+        for method in ("none", *methods, "oracle"):
+            cell = cells(rows, method, budget)
+            mean = point(cell)
+            if mean is None:
+                continue
+            dist = bootstrap(cell, rng)
+            gap = None
+            if none is not None and oracle is not None and oracle != none:
+                gap = (mean - none) / (oracle - none)
+            summary.append({
+                "method": method, "budget": budget, "mean_sdice": mean,
+                "ci_low": float(np.percentile(dist, 2.5)),
+                "ci_high": float(np.percentile(dist, 97.5)),
+                "gap_closed": gap,
+                "mean_sdice_2mm": point(cells(rows, method, budget, metric="sdice_2mm")),
+                "mean_dice": point(cells(rows, method, budget, metric="dice")),
+                "median_hd95": median(cells(rows, method, budget, metric="hd95")),
+                "n_pairs": len(cell), "n_subjects": sum(len(s) for s in cell.values()),
+            })
+    best_fixed: dict[str, str] = {}
+    for budget in budgets:
+        scored = [(point(cells(rows, m, budget, "validation")), m)
+                  for m in FIXED_METHODS if m in methods]
+        scored = [(v, m) for v, m in scored if v is not None]
+        if scored:
+            best_fixed[str(budget)] = max(scored)[1]
+    comparisons = []
+    for method in (m for m in methods if m.startswith("spottune")):
+        found = []
+        for budget in budgets:
+            best = best_fixed.get(str(budget))
+            if best is None:
+                continue
+            diff = difference(cells(rows, method, budget), cells(rows, best, budget))
+            if not any(diff.values()):
+                continue
+            dist = bootstrap(diff, rng)
+            p = float(min(1.0, 2 * min((dist <= 0).mean(), (dist >= 0).mean())))
+            found.append({"method": method, "budget": budget, "best_fixed": best,
+                          "difference": point(diff), "ci_low": float(np.percentile(dist, 2.5)),
+                          "ci_high": float(np.percentile(dist, 97.5)), "p": p})
+        for item, adjusted in zip(found, holm([f["p"] for f in found]), strict=True):
+            item["p_holm"] = adjusted
+        comparisons += found
+    ceiling = cells(rows, "ceiling", None)
+    return {"summary": summary, "best_fixed": best_fixed, "comparisons": comparisons,
+            "ceiling": {"mean_sdice": point(ceiling),
+                        "mean_sdice_2mm": point(cells(rows, "ceiling", None, metric="sdice_2mm")),
+                        "mean_dice": point(cells(rows, "ceiling", None, metric="dice"))}}
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None  # a constant policy has no ranking to agree with
+    rho = spearmanr(a, b).statistic
+    return None if not np.isfinite(rho) else float(rho)
+
+
+def policy_agreement(runs: Sequence[dict], method: str = "spottune") -> dict[str, Any]:
+    """Mean Spearman correlation of per-gate probabilities: same pair and budget across seeds,
+    and same seed and budget across target sites."""
+    chosen = [r for r in runs if r["method"] == method and r.get("probability")]
+    same, across = [], []
+    for a, b in itertools.combinations(chosen, 2):
+        if a["budget"] != b["budget"]:
+            continue
+        rho = _spearman(a["probability"], b["probability"])
+        if rho is None:
+            continue
+        same_pair = (a["source_site"], a["target_site"]) == (b["source_site"], b["target_site"])
+        if same_pair and a["seed"] != b["seed"]:
+            same.append(rho)
+        elif not same_pair and a["seed"] == b["seed"]:
+            across.append(rho)
+
+    def mean(values: list[float]) -> float | None:
+        return float(np.mean(values)) if values else None
+
+    return {"same_site_across_seeds": mean(same), "across_sites": mean(across),
+            "n_same_site": len(same), "n_across_sites": len(across)}
