@@ -265,3 +265,39 @@ def test_hostile_masks_of_a_series_are_refused(
         assert r.status_code == 422, r.text
         assert words in r.json()["error"]["message"], r.text
     assert _counts(session_factory) == before
+
+
+def test_label_maps_become_the_masks_they_name(
+    client: TestClient, clinic_a: ClinicCtx, session_factory: sessionmaker[Session],
+    phantom: tuple[bytes, bytes],
+) -> None:
+    image = phantom[0]
+    brain = np.asarray(_nifti(phantom[1]).dataobj).astype(np.uint8)
+    aseg = brain * np.where(np.arange(32)[:, None, None] < 16, 2, 41).astype(np.uint8)
+    aseg[0, 0, :3] = 7  # a structure outside the brain
+
+    def upload(mask: np.ndarray, **form: str):  # type: ignore[no-untyped-def]
+        return client.post("/v1/scans", headers=clinic_a.headers, data=form, files={
+            "image": ("x.nii.gz", image), "mask": ("m.nii.gz", nifti_bytes(mask))})
+
+    def stored(response) -> np.ndarray:  # type: ignore[no-untyped-def]
+        assert response.status_code == 201, response.text
+        got = client.get(f"/v1/scans/{response.json()['id']}/mask", headers=clinic_a.headers)
+        return np.asarray(_nifti(got.content).dataobj)
+
+    assert np.array_equal(stored(upload(brain * 255)), brain)  # {0, 255} is binary
+    assert np.array_equal(stored(upload(aseg, mask_labels="2,41")), brain)
+    assert np.array_equal(stored(upload(aseg, mask_labels="1-50")), aseg > 0)
+    before = _counts(session_factory)
+    refused = upload(aseg)
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_mask"
+    assert "3 labels (2, 7, 41)" in refused.json()["error"]["message"]
+    assert "mask_labels=" in refused.json()["error"]["message"]
+    for form, code in [({"mask_labels": "99"}, "invalid_mask"),
+                       ({"mask_labels": "2;41"}, "invalid_mask_labels")]:
+        r = upload(aseg, **form)
+        assert r.status_code == 422 and r.json()["error"]["code"] == code, r.text
+    r = client.post("/v1/scans", headers=clinic_a.headers, data={"mask_labels": "1"},
+                    files={"image": ("x.nii.gz", image)})
+    assert r.status_code == 422 and "needs a mask" in r.json()["error"]["message"]
+    assert _counts(session_factory) == before
