@@ -64,7 +64,9 @@ def unpack_series_zip(archive_path: Path, dest: Path, max_unpacked_bytes: int) -
     try:
         archive = zipfile.ZipFile(archive_path)
     except (zipfile.BadZipFile, OSError):
-        raise _refuse("not a readable .zip archive; zip the series' files and upload again") from None
+        raise _refuse(
+            "not a readable .zip archive; zip the series' files and upload again"
+        ) from None
     with archive:
         entries = [info for info in archive.infolist() if not info.is_dir()]
         if len(entries) > MAX_ENTRIES:
@@ -97,6 +99,7 @@ def unpack_series_zip(archive_path: Path, dest: Path, max_unpacked_bytes: int) -
                             )
                         out.write(chunk)
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-                raise _refuse(f"the archive is damaged ({type(exc).__name__}); zip it again") from None
+                problem = f"the archive is damaged ({type(exc).__name__}); zip it again"
+                raise _refuse(problem) from None
             paths.append(target)
     return Unpacked(paths=paths, names=[info.filename for info in chosen])

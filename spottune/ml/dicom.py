@@ -10,8 +10,10 @@ mask on that grid maps back onto the series' own frames (see :mod:`spottune.ml.d
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +96,7 @@ class DicomSeries:
 def read_datasets(paths: Sequence[Path], names: Sequence[str] | None = None) -> list[Dataset]:
     """Parse each file as DICOM (pixel data kept, not decoded); ``names`` label them in errors."""
     labels = list(names) if names is not None else [p.name for p in paths]
-    datasets = []
+    datasets: list[Dataset] = []
     for path, label in zip(paths, labels, strict=True):
         try:
             datasets.append(pydicom.dcmread(str(path)))
@@ -142,7 +144,9 @@ def _check_headers(datasets: Sequence[Dataset], max_voxels: int | None) -> None:
     for keyword in REQUIRED:
         missing = sum(keyword not in ds or ds[keyword].value in (None, "") for ds in datasets)
         if missing:
-            raise DicomError(f"{missing} file(s) lack {keyword}; the series cannot be placed in space")
+            raise DicomError(
+                f"{missing} file(s) lack {keyword}; the series cannot be placed in space"
+            )
     if any("PixelData" not in ds for ds in datasets):
         raise DicomError("some files hold no pixel data; upload image files only")
     uids = [str(ds.SOPInstanceUID) for ds in datasets]
@@ -151,7 +155,8 @@ def _check_headers(datasets: Sequence[Dataset], max_voxels: int | None) -> None:
     for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "Rows", "Columns"):
         values = {str(ds[keyword].value) for ds in datasets}
         if len(values) != 1:
-            raise DicomError(f"{keyword} differs between the files ({', '.join(sorted(values)[:4])})")
+            shown = ", ".join(sorted(values)[:4])
+            raise DicomError(f"{keyword} differs between the files ({shown})")
     if any(int(ds.get("SamplesPerPixel", 1)) != 1 for ds in datasets):
         raise DicomError("colour images are not supported; upload a greyscale MR series")
     rows, columns, n = int(datasets[0].Rows), int(datasets[0].Columns), len(datasets)
@@ -305,10 +310,52 @@ def volume_to_nifti_bytes(volume: Volume) -> bytes:
     dtype: type = np.float32
     if np.array_equal(data, np.round(data)):
         low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
-        if -(2**15) <= low and high < 2**15:
+        if low >= -(2**15) and high < 2**15:
             dtype = np.int16
-        elif -(2**31) <= low and high < 2**31:
+        elif low >= -(2**31) and high < 2**31:
             dtype = np.int32
     image = nib.Nifti1Image(data.astype(dtype), volume.affine)
     image.header.set_data_dtype(dtype)
     return gzip.compress(image.to_bytes(), compresslevel=6)
+
+
+def is_series_path(path: Path) -> bool:
+    """A folder or a .zip: where a DICOM series is given (a volume is a single .nii/.mgz file)."""
+    return path.is_dir() or path.name.lower().endswith(".zip")
+
+
+def _series_members(path: Path) -> tuple[list[Dataset], int]:
+    """Datasets of a folder (recursively) or a zip (read in memory, never extracted)."""
+    datasets: list[Dataset] = []
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not _skipped(p.name))
+        return read_datasets(files, [str(p.relative_to(path)) for p in files]), len(files)
+    with zipfile.ZipFile(path) as archive:
+        members = [i for i in archive.infolist() if not i.is_dir() and not _skipped(i.filename)]
+        for info in members:
+            try:
+                datasets.append(pydicom.dcmread(io.BytesIO(archive.read(info))))
+            except Exception as exc:  # pydicom raises many types for damaged files
+                name = _short(info.filename)
+                raise DicomError(f"{name} cannot be read as DICOM ({exc})") from None
+    return datasets, len(members)
+
+
+def _skipped(name: str) -> bool:
+    """Files exports put next to the images (DICOMDIR, notes, OS litter)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return base in ("DICOMDIR", ".DS_Store", "Thumbs.db") or base.startswith(".") or (
+        "__MACOSX" in name
+    )
+
+
+def load_series(path: Path, max_voxels: int | None = None) -> DicomSeries:
+    """Read one MR series from a folder of DICOM files or a .zip of them (command line use)."""
+    path = Path(path)
+    try:
+        datasets, n = _series_members(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DicomError(f"{path.name}: cannot be read as a DICOM folder or zip ({exc})") from None
+    if n == 0:
+        raise DicomError(f"{path.name}: holds no DICOM files")
+    return series_from_datasets(datasets, max_voxels)

@@ -153,7 +153,7 @@ def seg_to_labelmap(seg: hd.seg.Segmentation, series: DicomSeries) -> np.ndarray
 def seg_to_mask(
     data: bytes, series: DicomSeries, labels: LabelSet | None = None
 ) -> np.ndarray:
-    """A SEG file -> bool [columns, rows, slices] on ``series``; ``labels`` picks segment numbers."""
+    """SEG bytes -> bool [columns, rows, slices] on ``series``; ``labels`` picks segments."""
     seg = read_seg(data)
     try:
         return binarize(seg_to_labelmap(seg, series), labels, "mask (DICOM SEG segments)")

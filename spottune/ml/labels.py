@@ -19,12 +19,12 @@ _SHOWN = 12  # labels listed in an error message
 
 
 class LabelError(ValueError):
-    """A label choice that cannot be parsed or a mask that cannot be binarised (message says why)."""
+    """A label choice that cannot be parsed or a mask that cannot be binarised (says why)."""
 
 
 @dataclass(frozen=True)
 class LabelSet:
-    """Foreground values as inclusive integer ranges, e.g. ``[(1, 255)]`` or ``[(2, 2), (41, 41)]``."""
+    """Foreground values as inclusive integer ranges, e.g. ``[(1, 255)]`` or ``[(2, 3)]``."""
 
     ranges: tuple[tuple[int, int], ...]
 
@@ -53,7 +53,7 @@ def _int(text: str, spec: str) -> int:
 
 
 def parse_labels(spec: str | None) -> LabelSet | None:
-    """``"255"``, ``"1-255"``, ``"2,3,41,42"`` or a mix (``"2,3,10-20"``) -> LabelSet; None if empty."""
+    """``"255"``, ``"1-255"``, ``"2,3,41,42"`` or a mix (``"2,10-20"``) -> LabelSet, or None."""
     if spec is None or not spec.strip():
         return None
     if len(spec) > MAX_LABEL_TEXT:
@@ -67,7 +67,9 @@ def parse_labels(spec: str | None) -> LabelSet | None:
         low = _int(low_text, spec)
         high = _int(high_text, spec) if sep else low
         if high < low:
-            raise LabelError(f"mask_labels {spec!r}: range {low}-{high} is empty; write {high}-{low}")
+            raise LabelError(
+                f"mask_labels {spec!r}: range {low}-{high} is empty; write {high}-{low}"
+            )
         ranges.append((low, high))
     if not ranges:
         raise LabelError(f"mask_labels {spec!r} names no label; give e.g. 1 or 1-255")

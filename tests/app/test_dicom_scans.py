@@ -1,4 +1,4 @@
-"""DICOM series uploads: geometry kept, masks as SEG or NIfTI, and hostile series refused cleanly."""
+"""DICOM series uploads: geometry kept, masks as SEG or NIfTI, hostile series refused cleanly."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def _counts(factory: sessionmaker[Session]) -> dict[str, int]:
         }
 
 
-def _post(client: TestClient, clinic: ClinicCtx, image: bytes, mask: tuple[str, bytes] | None = None,
-          name: str = "series.zip", **form: str):  # type: ignore[no-untyped-def]
+def _post(client: TestClient, clinic: ClinicCtx, image: bytes,  # type: ignore[no-untyped-def]
+          mask: tuple[str, bytes] | None = None, name: str = "series.zip", **form: str):
     files = {"image": (name, image)}
     if mask is not None:
         files["mask"] = mask

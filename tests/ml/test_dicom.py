@@ -38,7 +38,8 @@ def test_series_reads_as_the_volume_it_was_written_from(tmp_path: Path, orientat
     # header k is the frame of slice k: its position is the world point of voxel (0, 0, k)
     for k, header in enumerate(series.headers):
         ras = series.volume.affine @ [0, 0, k, 1]
-        assert np.allclose(np.asarray(header.ImagePositionPatient), ras[:3] * [-1, -1, 1], atol=1e-4)
+        lps = ras[:3] * [-1, -1, 1]
+        assert np.allclose(np.asarray(header.ImagePositionPatient), lps, atol=1e-4)
     assert series.series_instance_uid == datasets[0].SeriesInstanceUID
     assert all("PixelData" not in h for h in series.headers)
 
@@ -74,7 +75,7 @@ def test_pydicom_test_files_decode_alike_in_every_transfer_syntax() -> None:
     for name in files:
         path = Path(get_testdata_file(name))
         try:
-            pydicom.dcmread(path).pixel_array  # can any installed decoder read it?
+            _ = pydicom.dcmread(path).pixel_array  # can any installed decoder read it?
         except Exception:
             with pytest.raises(DicomError, match="cannot be decoded"):
                 read_series([path])
@@ -177,7 +178,8 @@ def test_nifti_mask_from_another_converter_is_put_on_the_series_grid(tmp_path: P
 
 def test_stored_volume_keeps_integer_values_compactly() -> None:
     data = np.arange(24, dtype=np.float32).reshape(2, 3, 4) * 100
-    img = nib.Nifti1Image.from_bytes(gzip.decompress(volume_to_nifti_bytes(Volume(data, np.eye(4)))))
+    stored = volume_to_nifti_bytes(Volume(data, np.eye(4)))
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(stored))
     assert img.get_data_dtype() == np.int16 and np.array_equal(img.get_fdata(), data)
     fractional = Volume(data + 0.25, np.eye(4))
     img = nib.Nifti1Image.from_bytes(gzip.decompress(volume_to_nifti_bytes(fractional)))

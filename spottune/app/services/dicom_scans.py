@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -63,7 +63,7 @@ def _mask(path: Path, suffix: str, series: DicomSeries, labels: LabelSet | None,
             return seg_to_mask(path.read_bytes(), series, labels)
         check_volume_file(path, suffix, settings.max_voxels, "mask")
         try:
-            image = nib.load(str(path))
+            image: Any = nib.load(str(path))
         except Exception as exc:  # nibabel raises many types for damaged files
             raise DicomError(f"cannot be read as NIfTI ({type(exc).__name__})") from None
         return binarize(align_to_grid(image, series.volume), labels, "the mask")

@@ -6,7 +6,7 @@ import json
 import tempfile
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -169,7 +169,8 @@ def parse_mask_labels(text: str | None, *, has_mask: bool) -> LabelSet | None:
 
 def _zero_one(path: Path) -> bool:
     """Whether the mask file already holds only 0 and 1 (then it is stored as uploaded)."""
-    return set(np.unique(np.asanyarray(nib.load(str(path)).dataobj)).tolist()) <= {0, 1}
+    image: Any = nib.load(str(path))
+    return set(np.unique(np.asanyarray(image.dataobj)).tolist()) <= {0, 1}
 
 
 def _clean(exc: Exception, path: Path) -> str:
