@@ -60,9 +60,13 @@ def test_series_becomes_the_volume_with_its_geometry(
 ) -> None:
     image, _ = phantom(seed=1)
     geometry = GEOMETRIES[orientation]
-    r = _post(client, clinic_a, series_zip(series_datasets(image, geometry), tmp_path))
+    datasets = series_datasets(image, geometry)
+    r = _post(client, clinic_a, series_zip(datasets, tmp_path))
     assert r.status_code == 201, r.text
     scan = r.json()
+    assert scan["dicom"]["series_instance_uid"] == datasets[0].SeriesInstanceUID
+    assert scan["dicom"]["frame_of_reference_uid"] == datasets[0].FrameOfReferenceUID
+    assert scan["dicom"]["n_frames"] == image.shape[2]
     data, affine = expected_volume(image, geometry)
     assert scan["shape"] == list(data.shape)
     assert np.allclose(scan["spacing"], np.linalg.norm(affine[:3, :3], axis=0), atol=1e-5)
@@ -168,8 +172,12 @@ def test_deleting_a_dicom_scan_leaves_nothing(
 ) -> None:
     before = _counts(session_factory)
     image, _ = phantom()
-    scan = _post(client, clinic_a, series_zip(series_datasets(image, GEOMETRIES["axial"]),
-                                              tmp_path)).json()
+    files = write_series(tmp_path, series_datasets(image, GEOMETRIES["axial"]))
+    litter = {"DICOMDIR": b"DICM", "README.txt": b"exported", "__MACOSX/._IM00000": b"\0"}
+    archive = zip_bytes({**{f"a/b/{p.name}": p.read_bytes() for p in files}, **litter})
+    scan = _post(client, clinic_a, archive).json()
+    assert scan["shape"] == list(image.shape) and client.get(
+        "/v1/scans", headers=clinic_a.headers).json()["items"][0]["dicom"]["n_frames"] == 20
     assert _counts(session_factory)["scan_dicom"] == before["scan_dicom"] + 1
     assert client.delete(f"/v1/scans/{scan['id']}", headers=clinic_a.headers).status_code == 204
     assert _counts(session_factory) == before
@@ -198,6 +206,9 @@ def _hostile(tmp: Path) -> list[tuple[str, bytes, int, str, str]]:
     for ds in huge:
         ds.Rows = ds.Columns = 4000
     ct = series_datasets(image, axial, modality="CT")
+    enhanced = series_datasets(image, axial)
+    for ds in enhanced:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.EnhancedMRImageStorage
     good_files = {p.name: p.read_bytes() for p in write_series(tmp / "good", series_datasets(
         image, axial))}
     first = next(iter(good_files))
@@ -215,6 +226,7 @@ def _hostile(tmp: Path) -> list[tuple[str, bytes, int, str, str]]:
         ("gantry-tilt", zipped(tilted, "tilt"), 422, "invalid_dicom", "tilt"),
         ("huge-dimensions", zipped(huge, "huge"), 422, "invalid_dicom", "voxels exceeds"),
         ("ct-modality", zipped(ct, "ct"), 422, "invalid_dicom", "not MR"),
+        ("enhanced-mr", zipped(enhanced, "en"), 422, "invalid_dicom", "classic MR Image Storage"),
         ("truncated-file", zip_bytes(truncated), 422, "invalid_dicom", "truncated"),
         ("path-traversal", zip_bytes(traversal), 422, "invalid_dicom", "'..'"),
         ("absolute-path", zip_bytes(absolute), 422, "invalid_dicom", "absolute"),
