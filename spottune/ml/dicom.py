@@ -271,7 +271,7 @@ def series_from_datasets(datasets: list[Dataset], max_voxels: int | None = None)
         raise DicomError("the pixel values hold NaN or infinity after rescaling")
     affine = LPS_TO_RAS @ stacked.affine
     headers = [_header_only(ds) for ds in ordered]
-    logger.debug("DICOM series %s: %s voxels", headers[0].SeriesInstanceUID, data.shape)
+    logger.debug("DICOM series read: %s voxels", data.shape)
     return DicomSeries(volume=Volume(data=data, affine=affine), headers=headers)
 
 

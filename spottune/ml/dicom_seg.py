@@ -25,6 +25,7 @@ from spottune.ml.volumes import Volume
 
 SEGMENT_LABEL = "Brain"
 SOFTWARE = "spottune"
+MAX_SEGMENTS = 256  # bounds the frames a SEG upload may hold per source slice
 
 
 def uid_from_uuid(value: uuid.UUID) -> str:
@@ -132,6 +133,18 @@ def seg_to_labelmap(seg: hd.seg.Segmentation, series: DicomSeries) -> np.ndarray
         raise DicomError(
             "the SEG's Frame of Reference differs from the image series'; upload the SEG made "
             "on this series"
+        )
+    rows, columns = int(series.headers[0].Rows), int(series.headers[0].Columns)
+    if (int(seg.get("Rows", 0)), int(seg.get("Columns", 0))) != (rows, columns):
+        raise DicomError(
+            f"the SEG's frames are {seg.get('Rows')}x{seg.get('Columns')} pixels, the series' "
+            f"{rows}x{columns}; upload the SEG made on this series"
+        )
+    frames = int(seg.get("NumberOfFrames", 1))
+    if frames > len(series.headers) * MAX_SEGMENTS:
+        raise DicomError(
+            f"the SEG holds {frames} frames for a series of {len(series.headers)} slices; at most "
+            f"{MAX_SEGMENTS} segments per slice are accepted"
         )
     referenced = {
         str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])

@@ -262,12 +262,16 @@ def test_hostile_masks_of_a_series_are_refused(
     sibling = read_series(write_series(tmp_path / "c", series_datasets(
         image, GEOMETRIES["axial"], ids=same_space)))
     sibling_seg = mask_to_seg(brain, sibling.headers, instance_id=uuid.uuid4())
+    narrow = read_series(write_series(tmp_path / "d", series_datasets(
+        image[:20], GEOMETRIES["axial"], ids=same_space)))
+    narrow_seg = mask_to_seg(brain[:20], narrow.headers, instance_id=uuid.uuid4())
     labels = brain.astype(np.uint8) * 2 + (image > np.percentile(image, 70))  # 0..3: a label map
     before = _counts(session_factory)
     for mask, form, words in [
         (("m.dcm", foreign_seg), {}, "Frame of Reference differs"),
         (("m.dcm", sibling_seg), {}, "does not reference the uploaded series"),
         (("m.dcm", sibling_seg), {"mask_labels": "1-x"}, "not an integer label"),
+        (("m.dcm", narrow_seg), {}, "frames are 28x20 pixels"),
         (("m.dcm", b"not dicom at all"), {}, "not a readable DICOM Segmentation"),
         (("m.nii.gz", nifti_bytes(brain.astype(np.uint8))), {}, "not on the series' grid"),
         (("m.nii.gz", nifti_bytes(labels, other.volume.affine)), {}, "mask_labels"),
