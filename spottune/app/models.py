@@ -239,3 +239,21 @@ class Metric(Base):
     dice: Mapped[float] = mapped_column(Float, nullable=False)
     sdice: Mapped[float] = mapped_column(Float, nullable=False)
     hd95: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ScanDicom(Base):
+    """The DICOM identity of a scan uploaded as a series: what a DICOM SEG on it must reference.
+
+    ``headers_blob_id`` holds the series' datasets without pixel data, as DICOM JSON, in the
+    order of the scan's slices (the stored image is the series' volume as NIfTI).
+    """
+
+    __tablename__ = "scan_dicom"
+    scan_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("scans.id", ondelete="CASCADE"), primary_key=True
+    )
+    study_instance_uid: Mapped[str] = mapped_column(String(64), nullable=False)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), index=True, nullable=False)
+    frame_of_reference_uid: Mapped[str] = mapped_column(String(64), nullable=False)
+    n_frames: Mapped[int] = mapped_column(Integer, nullable=False)
+    headers_blob_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("blobs.id"), nullable=False)

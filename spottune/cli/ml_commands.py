@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from spottune.cli.dicom_io import OutFormat, read_input, write_output
 from spottune.ml.checkpoint import CheckpointError, load_model, save_checkpoint
 from spottune.ml.config import ConfigError, ModelConfig, Preprocessing
 from spottune.ml.inference import segment_volume
@@ -27,7 +28,6 @@ from spottune.ml.volumes import (
     load_mask,
     load_volume,
     prepare_volume,
-    save_mask,
     slice_voxel_axis,
 )
 
@@ -50,7 +50,7 @@ def _user_errors() -> Iterator[None]:
     """Turn errors a user can cause into one red line and exit code 2."""
     try:
         yield
-    except (VolumeError, CheckpointError, ConfigError, ValueError, FileNotFoundError) as error:
+    except (VolumeError, CheckpointError, ConfigError, ValueError, OSError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
 
@@ -64,7 +64,7 @@ def _compute_process() -> None:
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in SUFFIXES:
+    for suffix in (*SUFFIXES, ".zip"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
@@ -297,9 +297,19 @@ def adapt(
 
 
 def segment(
-    images: Annotated[list[Path], typer.Argument(help="Images to segment (.nii/.nii.gz/.mgz).")],
+    images: Annotated[
+        list[Path],
+        typer.Argument(help="Images to segment (.nii/.nii.gz/.mgz, or a DICOM series: a folder "
+                       "or .zip of one MR series)."),
+    ],
     model: Annotated[Path, typer.Option(help="Weights (.safetensors).")],
-    out_dir: Annotated[Path, typer.Option(help="Folder for NAME_mask.nii.gz files.")],
+    out_dir: Annotated[
+        Path, typer.Option(help="Folder for NAME_mask.nii.gz (or NAME_seg.dcm) files.")
+    ],
+    out_format: Annotated[
+        OutFormat,
+        typer.Option(help="nifti, or dicom-seg: a DICOM SEG on a DICOM input's own frames."),
+    ] = "nifti",
     batch: Annotated[int, typer.Option(help="Slices per forward pass.")] = 32,
     bf16: Annotated[
         bool, typer.Option(help="BF16 autocast (faster on AVX-512 BF16 CPUs and GPUs).")
@@ -309,7 +319,7 @@ def segment(
     ] = True,
     device: Device = None,
 ) -> None:
-    """Segment scans; each mask is written on its input's own voxel grid."""
+    """Segment scans; each mask is written on its input's own voxel grid (or series' frames)."""
     from spottune.ml.device import pick_device
 
     _compute_process()
@@ -319,7 +329,7 @@ def segment(
         out_dir.mkdir(parents=True, exist_ok=True)
         with _progress() as bar:
             for path in images:
-                volume = load_volume(path)
+                volume, series = read_input(path, out_format)
                 task = bar.add_task(path.name, total=None, info="")
                 result = segment_volume(
                     net,
@@ -331,8 +341,9 @@ def segment(
                     bf16=bf16,
                     progress=partial(_advance, bar, task),
                 )
-                target = out_dir / f"{_stem(path)}_mask.nii.gz"
-                save_mask(result, volume.affine, target)
+                target = write_output(
+                    result, volume, series, out_format, out_dir, _stem(path)
+                )
                 console.print(f"{path.name} -> {target} ({int(result.sum())} voxels)")
 
 

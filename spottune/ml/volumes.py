@@ -23,6 +23,7 @@ from nibabel import orientations
 from scipy import ndimage
 
 from spottune.ml.config import Preprocessing
+from spottune.ml.labels import LabelError, LabelSet, binarize
 
 logger = logging.getLogger(__name__)
 
@@ -138,24 +139,26 @@ def load_volume(path: Path, max_voxels: int | None = None) -> Volume:
     return Volume(data=data, affine=affine)
 
 
-def check_mask(mask: np.ndarray, like: Volume, name: str = "mask") -> np.ndarray:
-    """Return `mask` as bool after checking it is binary and shaped like `like`."""
+def check_mask(
+    mask: np.ndarray, like: Volume, name: str = "mask", labels: LabelSet | None = None
+) -> np.ndarray:
+    """Return `mask` as bool after checking it is shaped like `like` and binarising it.
+
+    Without `labels` a mask with one non-zero value ({0, k}) is binary; with them, the voxels
+    carrying one of the labels are the foreground (see spottune.ml.labels).
+    """
     if mask.ndim == 4 and mask.shape[3] == 1:
         mask = mask[..., 0]
     if mask.shape != like.data.shape:
         raise VolumeError(f"{name}: shape {mask.shape} differs from the image's {like.data.shape}")
-    if mask.dtype != np.bool_:
-        if not np.isfinite(mask).all():
-            raise VolumeError(f"{name}: contains NaN or infinite values")
-        values = np.unique(mask)
-        if not set(values.tolist()) <= {0, 1}:
-            shown = ", ".join(f"{v:g}" for v in values[:6])
-            raise VolumeError(f"{name}: must be binary (0/1), found values {shown}")
-    return mask.astype(bool)
+    try:
+        return binarize(np.asarray(mask), labels, name)
+    except LabelError as exc:
+        raise VolumeError(str(exc)) from None
 
 
-def load_mask(path: Path, like: Volume) -> np.ndarray:
-    """Load a binary mask that must lie on the same voxel grid as `like`; returns bool [X, Y, Z]."""
+def load_mask(path: Path, like: Volume, labels: LabelSet | None = None) -> np.ndarray:
+    """Load a mask that must lie on the same voxel grid as `like`; returns bool [X, Y, Z]."""
     path = Path(path)
     img = _open(path)
     _spatial_shape(tuple(img.shape), path.name)
@@ -166,7 +169,7 @@ def load_mask(path: Path, like: Volume) -> np.ndarray:
         raise VolumeError(
             f"{path.name}: affine differs from the image's; the mask is on another grid"
         )
-    return check_mask(np.asanyarray(img.dataobj), like, path.name)
+    return check_mask(np.asanyarray(img.dataobj), like, path.name, labels)
 
 
 def _nifti(mask: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:

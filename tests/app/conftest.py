@@ -24,6 +24,7 @@ PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 REDIS_DB = 11
 MAX_UPLOAD = 2 * 1024 * 1024
 TABLES = (
+    "scan_dicom",
     "metrics",
     "reports",
     "policies",

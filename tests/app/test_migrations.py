@@ -23,6 +23,7 @@ EXPECTED = {
     "policies",
     "reports",
     "metrics",
+    "scan_dicom",
     "alembic_version",
 }
 

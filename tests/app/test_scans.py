@@ -87,7 +87,7 @@ def _cases() -> list[tuple[str, dict[str, tuple[str, bytes]], dict[str, str], in
     nan = np.ones((16, 16, 8), np.float32)
     nan[3, 3, 3] = np.nan
     png = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
-    non_binary = nifti_bytes(np.full((32, 32, 24), 2, np.uint8))
+    non_binary = nifti_bytes((np.arange(32 * 32 * 24).reshape(32, 32, 24) % 3).astype(np.uint8))
     big = nifti_bytes(np.zeros((80, 80, 48), np.float32))  # 307200 voxels > 64**3 limit
     return [
         (

@@ -238,3 +238,42 @@ def test_user_errors_are_one_line(data: Path, source: Path) -> None:
         ],
     )
     assert result.exit_code == 2 and "unsupported" in result.output
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_segment_a_dicom_series_to_dicom_seg(source: Path, tmp_path: Path, as_zip: bool) -> None:
+    import io
+
+    import highdicom as hd
+    import pydicom
+
+    from tests.dicom_series import GEOMETRIES, phantom, series_datasets, write_series, zip_bytes
+
+    image, _ = phantom(seed=3)
+    datasets = series_datasets(image, GEOMETRIES["sagittal"])
+    folder = tmp_path / "T1_MPRAGE"
+    paths = write_series(folder, datasets)
+    target: Path = folder
+    if as_zip:
+        target = tmp_path / "T1_MPRAGE.zip"
+        target.write_bytes(zip_bytes({f"series/{p.name}": p.read_bytes() for p in paths}))
+    out = tmp_path / "out"
+    _run("segment", target, "--model", source, "--out-dir", out, "--out-format", "dicom-seg")
+    _run("segment", target, "--model", source, "--out-dir", out)
+    seg = hd.seg.segread(io.BytesIO((out / "T1_MPRAGE_seg.dcm").read_bytes()))
+    uids = [ds.SOPInstanceUID for ds in datasets]
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1])
+    nifti: Any = nib.load(str(out / "T1_MPRAGE_mask.nii.gz"))
+    mask = np.asarray(nifti.dataobj)  # [columns, rows, slices] in the series' slice order
+    assert np.array_equal(frames[..., 0], np.transpose(mask, (2, 1, 0)))
+    raw = pydicom.dcmread(out / "T1_MPRAGE_seg.dcm")
+    assert raw.ReferencedSeriesSequence[0].SeriesInstanceUID == datasets[0].SeriesInstanceUID
+
+    nifti_input = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(nifti_input))
+    result = runner.invoke(app, ["segment", str(nifti_input), "--model", str(source),
+                                 "--out-dir", str(out), "--out-format", "dicom-seg"])
+    assert result.exit_code == 2 and "needs a DICOM series" in result.output
+    result = runner.invoke(app, ["segment", str(tmp_path / "missing"), "--model", str(source),
+                                 "--out-dir", str(out)])
+    assert result.exit_code == 2

@@ -11,6 +11,7 @@ import pytest
 from nibabel import orientations
 
 from spottune.ml.config import Preprocessing
+from spottune.ml.labels import parse_labels
 from spottune.ml.metrics import dice
 from spottune.ml.synthetic import make_phantom, write_phantom
 from spottune.ml.volumes import (
@@ -164,9 +165,12 @@ def test_refuses_bad_masks(tmp_path: Path) -> None:
     with pytest.raises(VolumeError, match="shape"):
         load_mask(wrong_shape, volume)
     labels = tmp_path / "labels.nii.gz"
-    nib.save(nib.Nifti1Image(np.full(SHAPE, 2, np.uint8), np.eye(4)), str(labels))
-    with pytest.raises(VolumeError, match="binary"):
+    label_map = np.full(SHAPE, 2, np.uint8)
+    label_map.flat[::3] = 41
+    nib.save(nib.Nifti1Image(label_map, np.eye(4)), str(labels))
+    with pytest.raises(VolumeError, match="label map with 2 labels .* mask_labels"):
         load_mask(labels, volume)
+    assert np.array_equal(load_mask(labels, volume, parse_labels("41")), label_map == 41)
     boolean = tmp_path / "ok.nii.gz"
     save_mask(good, np.eye(4), boolean)
     assert not load_mask(boolean, volume).any()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from spottune.app.models import Blob, Job, Model, Scan
+from spottune.app.models import Blob, Job, Model, Scan, ScanDicom
 from spottune.app.schemas.jobs import JobOut, ProgressOut
 from spottune.app.schemas.models import ModelOut
-from spottune.app.schemas.scans import ScanOut
+from spottune.app.schemas.scans import DicomOut, ScanOut
 
 
 def model_out(session: Session, model: Model) -> ModelOut:
@@ -27,6 +27,7 @@ def model_out(session: Session, model: Model) -> ModelOut:
 
 def scan_out(session: Session, scan: Scan) -> ScanOut:
     sizes = [session.get(Blob, b) for b in (scan.image_blob_id, scan.mask_blob_id) if b]
+    dicom = session.get(ScanDicom, scan.id)
     return ScanOut(
         id=scan.id,
         site=scan.site,
@@ -39,6 +40,7 @@ def scan_out(session: Session, scan: Scan) -> ScanOut:
         has_mask=scan.mask_blob_id is not None,
         annotated_slices=scan.annotated_slices,
         created_at=scan.created_at,
+        dicom=DicomOut.model_validate(dicom) if dicom is not None else None,
     )
 
 

@@ -6,9 +6,10 @@ import json
 import tempfile
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import nibabel as nib
+import numpy as np
 from sqlalchemy.orm import Session
 
 from spottune.app import blobs
@@ -16,12 +17,15 @@ from spottune.app.errors import Conflict, Invalid, NotFound
 from spottune.app.models import Scan
 from spottune.app.repositories import jobs as job_repo
 from spottune.app.repositories import scans as scan_repo
+from spottune.app.services import dicom_scans
 from spottune.app.services.quota import check_storage
 from spottune.app.settings import Settings
 from spottune.app.uploads import pick_suffix, spool
 from spottune.app.volume_guard import check_volume_file
+from spottune.ml.labels import LabelError, LabelSet, parse_labels
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz")
+IMAGE_SUFFIXES = (*VOLUME_SUFFIXES, dicom_scans.DICOM_ZIP)
 CONTENT_TYPES = {
     ".nii": "application/x-nifti",
     ".nii.gz": "application/gzip",
@@ -72,9 +76,14 @@ def create_scan(
     site: str | None,
     subject: str | None,
     annotated_slices: str | None,
+    mask_labels: str | None = None,
 ) -> Scan:
-    """Validate image and mask fully (nothing stored on failure), then store blobs and the row."""
-    from spottune.ml.volumes import VolumeError, load_mask, load_volume
+    """Validate image and mask fully (nothing stored on failure), then store blobs and the row.
+
+    The image is a NIfTI/MGH volume or a .zip of one DICOM series (see services.dicom_scans);
+    ``mask_labels`` names the mask's foreground values (e.g. ``255``, ``1-255``, ``2,3,41``).
+    """
+    from spottune.ml.volumes import VolumeError, load_mask, load_volume, mask_to_nifti_bytes
 
     site, subject = _check_label(site, "site"), _check_label(subject, "subject")
     slices = parse_slices(annotated_slices)
@@ -83,7 +92,13 @@ def create_scan(
             "annotated_slices needs a mask: upload the mask of the annotated slices",
             code="invalid_annotated_slices",
         )
-    image_suffix = pick_suffix(image_name, VOLUME_SUFFIXES, "image")
+    labels = parse_mask_labels(mask_labels, has_mask=mask is not None)
+    image_suffix = pick_suffix(image_name, IMAGE_SUFFIXES, "image")
+    if image_suffix == dicom_scans.DICOM_ZIP:
+        return dicom_scans.create_dicom_scan(
+            session, settings, clinic_id, image=image, mask=mask, mask_name=mask_name,
+            labels=labels, site=site, subject=subject, slices=slices,
+        )
     mask_suffix = pick_suffix(mask_name, VOLUME_SUFFIXES, "mask") if mask is not None else None
     with tempfile.TemporaryDirectory(prefix="spottune-upload-") as tmp:
         image_path = Path(tmp) / f"image{image_suffix}"
@@ -99,7 +114,12 @@ def create_scan(
             size += spool(mask, mask_path, settings.max_upload_bytes, "mask")
             check_volume_file(mask_path, mask_suffix, settings.max_voxels, "mask")
             try:
-                load_mask(mask_path, volume)
+                binary = load_mask(mask_path, volume, labels)
+                if labels is not None or not _zero_one(mask_path):
+                    # Stored as the binary mask it stands for, so every reader sees 0/1.
+                    mask_path.write_bytes(mask_to_nifti_bytes(binary, volume.affine))
+                    mask_path = mask_path.rename(mask_path.with_name("mask.nii.gz"))
+                    mask_suffix = ".nii.gz"
             except (VolumeError, Exception) as exc:  # nibabel raises many types
                 raise Invalid(f"mask: {_clean(exc, mask_path)}", code="invalid_mask") from None
         if slices is not None:
@@ -134,6 +154,23 @@ def create_scan(
     session.add(scan)
     session.flush()
     return scan
+
+
+def parse_mask_labels(text: str | None, *, has_mask: bool) -> LabelSet | None:
+    """The ``mask_labels`` form field as a LabelSet (422 when malformed or without a mask)."""
+    try:
+        labels = parse_labels(text)
+    except LabelError as exc:
+        raise Invalid(str(exc), code="invalid_mask_labels") from None
+    if labels is not None and not has_mask:
+        raise Invalid("mask_labels needs a mask: upload the mask too", code="invalid_mask_labels")
+    return labels
+
+
+def _zero_one(path: Path) -> bool:
+    """Whether the mask file already holds only 0 and 1 (then it is stored as uploaded)."""
+    image: Any = nib.load(str(path))
+    return set(np.unique(np.asanyarray(image.dataobj)).tolist()) <= {0, 1}
 
 
 def _clean(exc: Exception, path: Path) -> str:
@@ -172,6 +209,7 @@ def delete_scan(session: Session, clinic_id: uuid.UUID, scan_id: uuid.UUID) -> N
         blobs.delete_blob(session, mask_blob)
     for metric in scan_repo.metrics_of_scan(session, scan_id):
         session.delete(metric)
+    dicom_scans.delete_dicom_identity(session, scan_id)
     blob_ids = [scan.image_blob_id, scan.mask_blob_id]
     session.delete(scan)
     session.flush()

@@ -36,12 +36,24 @@ def upload_scan(
     session: SessionDep,
     settings: SettingsDep,
     clinic: CurrentClinic,
-    image: Annotated[UploadFile, File(description="3D image: .nii, .nii.gz or .mgz")],
-    mask: Annotated[UploadFile | None, File(description="binary mask on the image's grid")] = None,
+    image: Annotated[
+        UploadFile,
+        File(description="3D image: .nii, .nii.gz or .mgz, or a .zip of one DICOM MR series"),
+    ],
+    mask: Annotated[
+        UploadFile | None,
+        File(description="mask on the image's grid: NIfTI/MGH, or for a DICOM series a DICOM SEG "
+             "(.dcm) or NIfTI on the series' grid"),
+    ] = None,
     site: Annotated[str | None, Form()] = None,
     subject: Annotated[str | None, Form()] = None,
     annotated_slices: Annotated[
         str | None, Form(description="annotated slice indices: JSON list [3, 7] or comma list 3,7")
+    ] = None,
+    mask_labels: Annotated[
+        str | None,
+        Form(description="the mask's foreground values: 255, a range 1-255 or a list 2,3,41,42 "
+             "(default: a mask with one non-zero value is binary)"),
     ] = None,
 ) -> ScanOut:
     """Upload a scan; it is fully validated before anything is stored."""
@@ -56,6 +68,7 @@ def upload_scan(
         site=site,
         subject=subject,
         annotated_slices=annotated_slices,
+        mask_labels=mask_labels,
     )
     session.commit()
     response.headers["Location"] = f"/v1/scans/{scan.id}"
