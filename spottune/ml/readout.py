@@ -88,3 +88,46 @@ def policy_record(
         lambda_reg=lambda_reg,
         method=method,
     )
+
+
+def stage_summary(record: PolicyRecord) -> list[dict[str, Any]]:
+    """Per stage, in network order: mean fine-tune probability and frequency of its gates."""
+    order: list[str] = []
+    for stage in record.gate_stages:
+        if stage not in order:
+            order.append(stage)
+    out = []
+    for stage in order:
+        index = [i for i, s in enumerate(record.gate_stages) if s == stage]
+        out.append({"stage": stage, "gates": len(index),
+                    "finetune_probability": float(np.mean([record.probability[i] for i in index])),
+                    "frequency": float(np.mean([record.frequency[i] for i in index]))})
+    return out
+
+
+FINETUNED = 0.5  # a stage whose gates choose the fine-tuned twin more often than this
+
+
+def where_the_shift_lives(record: PolicyRecord) -> str:
+    """One or two sentences naming the stages the policy fine-tuned, strongest first."""
+    stages = stage_summary(record)
+    tuned = sorted((s for s in stages if s["frequency"] > FINETUNED),
+                   key=lambda s: -s["finetune_probability"])
+    kept = [s["stage"] for s in stages if s["frequency"] <= FINETUNED]
+    if not tuned:
+        return ("The policy kept the source weights almost everywhere: this scanner's images are "
+                "close enough to the source's that no stage needed fine-tuning.")
+    named = ", ".join(f"{s['stage']} ({s['finetune_probability']:.2f})" for s in tuned)
+    depth = {name: "early" for name in ("init", "down1")}
+    kinds = {depth.get(s["stage"], "decoder" if s["stage"].startswith(("up", "out")) else "other")
+             for s in tuned if s["stage"] != "skip"}
+    if kinds == {"early"}:
+        kind = "the first stages (low-level features: intensity, contrast, noise)"
+    elif kinds == {"decoder"}:
+        kind = "the decoder (how features are turned into a mask)"
+    else:
+        kind = "several depths of the network"
+    text = f"The shift lives in {kind}: the policy fine-tuned {named}."
+    if kept:
+        text += f" It kept the source weights in {', '.join(kept)}."
+    return text

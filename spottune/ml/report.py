@@ -177,10 +177,35 @@ def render_report_html(
     history: Sequence[Mapping[str, Any]],
     metrics_table: list[dict] | None,
     overlays: Sequence[bytes],
+    validation_table: list[dict] | None = None,
+    replicates: Mapping[str, Any] | None = None,
 ) -> str:
-    """A self-contained HTML page: policy chart and per-gate table, training curve, metrics table
-    and overlay images, all embedded; every text from the caller is escaped."""
+    """A self-contained HTML page: where the shift lives (in words, per stage), the policy chart
+    and per-gate table, replicate agreement, training curve, before/after metrics on validation
+    and target scans, overlay images; all embedded, every text from the caller escaped."""
+    from spottune.ml.readout import stage_summary, where_the_shift_lives
+
     parts = [f"<h1>{html.escape(title)}</h1>"]
+    if policy is not None:
+        parts += ["<h2>Where the shift lives</h2>",
+                  f"<p>{html.escape(where_the_shift_lives(policy))}</p>",
+                  _table([{**row, "finetune_probability": float(row["finetune_probability"]),
+                           "frequency": float(row["frequency"])}
+                          for row in stage_summary(policy)])]
+    if replicates:
+        agreement = replicates.get("agreement")
+        confidence = ("n/a (the policies are constant)" if agreement is None
+                      else f"{agreement:.2f} (mean Spearman correlation of per-gate "
+                      "probabilities between replicates; 1 = the same ranking every time)")
+        parts += ["<h2>Replicates</h2>",
+                  f"<p>{len(replicates['seeds'])} replicates (seeds "
+                  f"{html.escape(', '.join(str(s) for s in replicates['seeds']))}). Policy "
+                  f"agreement: {html.escape(confidence)}. Delivered: seed "
+                  f"{html.escape(str(replicates['delivered_seed']))}, "
+                  f"{html.escape(str(replicates['reason']))}.</p>"]
+    if validation_table:
+        parts += ["<h2>Validation scans (annotated, not trained on): before and after</h2>",
+                  _table(validation_table)]
     if policy is not None:
         parts += ["<h2>Learned fine-tuning policy</h2>", _img(policy_chart_png(policy), "policy")]
         rows = [

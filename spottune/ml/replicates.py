@@ -1,0 +1,131 @@
+"""Replicated adaptations: train several seeds, measure how far their policies agree, deliver one.
+
+A SpotTUnet policy is only a fingerprint of the scanner if another seed finds the same one. With
+`replicates` > 1 an adaptation is trained once per seed (options.seed, options.seed + 1, ...); the
+agreement of their per-gate fine-tune probabilities (mean pairwise Spearman correlation) is the
+report's confidence in the policy, and one replicate is delivered:
+- the best mean surface Dice on the clinic's validation scans when there are any (annotated scans
+  kept out of training), else
+- the most typical policy (highest mean agreement with the others) for SpotTUnet, else
+- the lowest training loss over the last tenth of the steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from spottune.ml.loop import Progress, ProgressCallback
+from spottune.ml.readout import PolicyRecord
+from spottune.ml.train import AdaptOptions, AdaptResult, adapt
+from spottune.ml.volumes import PreparedVolume
+
+Scorer = Callable[[AdaptResult], float]
+"""Scores a finished replicate on held-out data (higher is better), e.g. mean surface Dice."""
+
+
+@dataclass
+class Replicates:
+    """results[i] was trained with seeds[i]; results[delivered] is the one to hand out."""
+
+    results: list[AdaptResult]
+    seeds: list[int]
+    delivered: int
+    reason: str
+    agreement: float | None
+    """Mean pairwise Spearman correlation of per-gate probabilities; None with one replicate or
+    without a policy."""
+    validation: list[float | None] = field(default_factory=list)
+
+    @property
+    def result(self) -> AdaptResult:
+        return self.results[self.delivered]
+
+    def summary(self) -> dict[str, object]:
+        return {"seeds": self.seeds, "delivered_seed": self.seeds[self.delivered],
+                "reason": self.reason, "agreement": self.agreement,
+                "validation_sdice": self.validation}
+
+
+def rank_agreement(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman correlation of two per-gate probability vectors; None if either is constant."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    rho = float(spearmanr(a, b).statistic)
+    return rho if np.isfinite(rho) else None
+
+
+def policy_agreement(records: Sequence[PolicyRecord]) -> tuple[float | None, list[float]]:
+    """(mean pairwise agreement, each record's mean agreement with the others)."""
+    n = len(records)
+    per: list[list[float]] = [[] for _ in range(n)]
+    pairs = []
+    for i, j in itertools.combinations(range(n), 2):
+        rho = rank_agreement(records[i].probability, records[j].probability)
+        if rho is not None:
+            pairs.append(rho)
+            per[i].append(rho)
+            per[j].append(rho)
+    means = [float(np.mean(p)) if p else float("-inf") for p in per]
+    return (float(np.mean(pairs)) if pairs else None), means
+
+
+def _late_loss(result: AdaptResult) -> float:
+    losses = [h["loss"] for h in result.history]
+    if not losses:
+        return float("inf")
+    return float(np.mean(losses[-max(1, len(losses) // 10):]))
+
+
+def adapt_replicates(
+    base: object,
+    config: object,
+    train: Sequence[PreparedVolume],
+    method: str,
+    options: AdaptOptions,
+    *,
+    scorer: Scorer | None = None,
+    progress: ProgressCallback | None = None,
+    **kwargs: object,
+) -> Replicates:
+    """adapt() once per replicate seed (keyword arguments are passed on); see the module doc."""
+    n = options.replicates
+    seeds = [options.seed + i for i in range(n)]
+    results = []
+    for i, seed in enumerate(seeds):
+        def report(p: Progress, i: int = i) -> None:
+            if progress is not None:
+                eta = None if p.eta_seconds is None else p.eta_seconds + (n - 1 - i) * (
+                    p.eta_seconds / max(1, p.total - p.step) * p.total)
+                progress(Progress(i * p.total + p.step, n * p.total, p.loss, eta))
+
+        replicate = options.model_copy(update={"seed": seed, "replicates": 1})
+        results.append(adapt(base, config, train, method, replicate,  # type: ignore[arg-type]
+                             progress=report, **kwargs))  # type: ignore[arg-type]
+    records = [r.policy for r in results if r.policy is not None]
+    agreement, typical = (policy_agreement(records) if len(records) == n
+                          else (None, [float("-inf")] * n))
+    validation: list[float | None] = [None] * n
+    if n == 1:
+        return Replicates(results, seeds, 0, "a single replicate", None, validation)
+    if scorer is not None:
+        scores = [scorer(r) for r in results]
+        validation = list(scores)
+        best = int(np.argmax(scores))
+        listed = ", ".join(f"{v:.3f}" for v in scores)
+        reason = (f"best mean surface Dice on the validation scans ({scores[best]:.3f}; "
+                  f"replicates {listed})")
+        return Replicates(results, seeds, best, reason, agreement, validation)
+    if agreement is not None and max(typical) > float("-inf"):
+        best = int(np.argmax(typical))
+        reason = (f"no validation scans: the most typical policy (mean rank agreement "
+                  f"{typical[best]:.2f} with the other replicates)")
+        return Replicates(results, seeds, best, reason, agreement, validation)
+    late = [_late_loss(r) for r in results]
+    best = int(np.argmin(late))
+    reason = f"no validation scans: the lowest late training loss ({late[best]:.4f})"
+    return Replicates(results, seeds, best, reason, agreement, validation)
