@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # helper modules besid
 
 from adaptation_profiles import PROFILES, Profile, parse_budget  # noqa: E402
 from adaptation_runs import Data, Runner, plan, unit_key  # noqa: E402
-from adaptation_stats import policy_agreement, summarise  # noqa: E402
+from adaptation_stats import plateau, policy_agreement, summarise  # noqa: E402
 from adaptation_table import markdown_report  # noqa: E402
 
 from spottune.ml.device import pick_device  # noqa: E402
@@ -222,7 +222,7 @@ def write_results(units: list[dict[str, Any]], cache: Path, data: Data, profile:
         "elapsed_s_this_sitting": round(elapsed, 1),
         "rows": rows, **stats,
         "policy_agreement": agreement.get("spottune", policy_agreement([], "spottune")),
-        "policy_agreement_by_method": agreement, "runs": runs,
+        "policy_agreement_by_method": agreement, "plateau": plateau(runs), "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -168,3 +168,18 @@ def policy_agreement(runs: Sequence[dict], method: str = "spottune") -> dict[str
 
     return {"same_site_across_seeds": mean(same), "across_sites": mean(across),
             "n_same_site": len(same), "n_across_sites": len(across)}
+
+
+def plateau(runs: Sequence[dict]) -> list[dict[str, Any]]:
+    """Per method and budget: the training loss's relative drop over the last quarter of the
+    schedule (mean of the runs' curves). Near zero: the method has stopped improving on its
+    training slices by the end of the schedule."""
+    groups: dict[tuple[str, Any], list[float]] = defaultdict(list)
+    for r in runs:
+        curve = r.get("loss_curve") or []
+        if len(curve) >= 4:
+            quarter = max(1, len(curve) // 4)
+            before, last = np.mean(curve[-2 * quarter:-quarter]), np.mean(curve[-quarter:])
+            groups[(r["method"], r["budget"])].append(float((before - last) / max(before, 1e-8)))
+    return [{"method": m, "budget": b, "loss_drop_last_quarter": float(np.mean(v)),
+             "runs": len(v)} for (m, b), v in groups.items()]

@@ -68,4 +68,15 @@ def markdown_report(report: dict[str, Any], budgets: Sequence[Any], title: str) 
                      f"across seeds {_fmt(agreement['same_site_across_seeds'], 2)} "
                      f"(n = {agreement['n_same_site']}), across sites "
                      f"{_fmt(agreement['across_sites'], 2)} (n = {agreement['n_across_sites']}).")
+    drops = {(d["method"], d["budget"]): d["loss_drop_last_quarter"]
+             for d in report.get("plateau", [])}
+    if drops:
+        lines += ["", "Learning curves: relative drop of the training loss over the last quarter "
+                  "of the schedule (near 0: plateaued):", "",
+                  "| method | " + " | ".join(str(b) for b in budgets) + " |",
+                  "|---" * (len(budgets) + 1) + "|"]
+        for method in ORDER:
+            cells = [_fmt(drops.get((method, b)), 3) for b in budgets]
+            if any(c != "-" for c in cells):
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
