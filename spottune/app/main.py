@@ -8,8 +8,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app.api.routes import health, jobs, masks, models, scans
+from spottune.app.api.idempotency import IdempotentReplay, replay_handler
+from spottune.app.api.routes import health, jobs, masks, models, scans, webhooks
 from spottune.app.auth_gate import AuthGateMiddleware
+from spottune.app.conditional import ConditionalGetMiddleware
 from spottune.app.db import get_session_factory
 from spottune.app.errors import install_error_handlers
 from spottune.app.settings import Settings, get_settings
@@ -31,12 +33,15 @@ def create_app(
     app.state.settings = settings
     app.state.session_factory = session_factory or get_session_factory(settings)
     install_error_handlers(app)
+    app.add_exception_handler(IdempotentReplay, replay_handler)
+    app.add_middleware(ConditionalGetMiddleware)
     # Image and mask may each reach max_upload_bytes; the rest of a request is small.
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=2 * settings.max_upload_bytes + MULTIPART_SLACK
     )
     # Added last, so outermost: an unauthenticated upload is refused before its body is read.
     app.add_middleware(AuthGateMiddleware, session_factory=app.state.session_factory)
-    for router in (health.router, models.router, scans.router, jobs.router, masks.router):
+    routers = (health.router, models.router, scans.router, jobs.router, masks.router)
+    for router in (*routers, webhooks.router):
         app.include_router(router)
     return app

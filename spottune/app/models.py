@@ -149,7 +149,7 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True, nullable=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
@@ -257,3 +257,61 @@ class ScanDicom(Base):
     frame_of_reference_uid: Mapped[str] = mapped_column(String(64), nullable=False)
     n_frames: Mapped[int] = mapped_column(Integer, nullable=False)
     headers_blob_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("blobs.id"), nullable=False)
+
+
+class IdempotencyKey(Base):
+    """A POST's ``Idempotency-Key``: what the first request with it created, for replays."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("clinic_id", "key", name="uq_idempotency_clinic_key"),)
+    id: Mapped[uuid.UUID] = _id()
+    clinic_id: Mapped[uuid.UUID] = _clinic_fk()
+    key: Mapped[str] = mapped_column(String(255), nullable=False)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)  # method, path, body
+    resource: Mapped[str] = mapped_column(String(32), nullable=False)  # "scans", "jobs", ...
+    resource_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    status_code: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class Webhook(Base):
+    """A clinic's URL that receives a signed POST when one of its jobs reaches a terminal state."""
+
+    __tablename__ = "webhooks"
+    id: Mapped[uuid.UUID] = _id()
+    clinic_id: Mapped[uuid.UUID] = _clinic_fk()
+    url: Mapped[str] = mapped_column(String(2000), nullable=False)
+    # Kept in clear: the worker needs it to sign each delivery (HMAC-SHA256).
+    secret: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = _created()
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # gave up after the last attempt
+
+
+class WebhookDelivery(Base):
+    """One job's terminal state sent to one webhook (retried with backoff until delivered)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("webhook_id", "job_id", name="uq_deliveries_hook_job"),)
+    id: Mapped[uuid.UUID] = _id()
+    webhook_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhooks.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    event: Mapped[str] = mapped_column(String(32), nullable=False)  # "job.succeeded", ...
+    status: Mapped[DeliveryStatus] = mapped_column(
+        _str_enum(DeliveryStatus, "delivery_status"), index=True, nullable=False
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True, nullable=False)
+    response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _created()
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

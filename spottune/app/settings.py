@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     broker_send_timeout_s: float = Field(default=2.0, gt=0)
     db_pool_size: int = Field(default=40, ge=1)  # kept open: covers the API thread pool (40)
     db_max_overflow: int = Field(default=10, ge=0)  # opened (and closed) beyond that
+    # A worker consuming the gpu queue refuses to start on a machine without CUDA when set
+    # (docker-compose sets it for worker-gpu): no silent hours-long training on a CPU.
+    worker_require_gpu: bool = False
+    webhook_poll_interval_s: float = Field(default=1.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_retry_base_s: float = Field(default=5.0, gt=0)  # doubles per attempt, capped at 1 h
+    # None: allowed in development (a receiver on localhost), refused in production (SSRF).
+    webhook_allow_private_networks: bool | None = None
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:
@@ -58,6 +67,12 @@ class Settings(BaseSettings):
             if any(f":{p}@" in self.database_url for p in _DEFAULT_PASSWORDS):
                 raise ValueError("production refuses a default database password: change it")
         return self
+
+    @property
+    def webhooks_may_reach_private_networks(self) -> bool:
+        if self.webhook_allow_private_networks is not None:
+            return self.webhook_allow_private_networks
+        return self.environment == "development"
 
     @property
     def is_sqlite(self) -> bool:

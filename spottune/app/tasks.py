@@ -27,7 +27,15 @@ class TaskName(enum.StrEnum):
 
 
 class Queue(enum.StrEnum):
+    """One queue per device a job may ask for; each kind of worker consumes its own."""
+
     GPU = "gpu"
+    CPU = "cpu"
+
+
+def queue_for(params: dict[str, Any]) -> Queue:
+    """The queue of a job from its stored request (``device``: "gpu" unless it asked "cpu")."""
+    return Queue.CPU if params.get("device") == Queue.CPU.value else Queue.GPU
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -63,7 +71,9 @@ def get_celery_client(settings: Settings | None = None) -> Celery:
     return _clients[key]
 
 
-def send_run_job(job_id: uuid.UUID, settings: Settings | None = None) -> bool:
+def send_run_job(
+    job_id: uuid.UUID, settings: Settings | None = None, queue: Queue = Queue.GPU
+) -> bool:
     """Send ``spottune.run_job(job_id)`` now; False (logged) if the broker is unreachable.
 
     A job whose message is lost stays ``queued``; the reconciler enqueues it again later.
@@ -74,7 +84,7 @@ def send_run_job(job_id: uuid.UUID, settings: Settings | None = None) -> bool:
         client.send_task(
             TaskName.RUN_JOB.value,
             args=[str(job_id)],
-            queue=Queue.GPU.value,
+            queue=queue.value,
             retry=True,
             retry_policy={
                 "max_retries": 1,
@@ -92,17 +102,20 @@ def send_run_job(job_id: uuid.UUID, settings: Settings | None = None) -> bool:
 
 
 def enqueue_after_commit(
-    session: Session, job_id: uuid.UUID, settings: Settings | None = None
+    session: Session,
+    job_id: uuid.UUID,
+    settings: Settings | None = None,
+    queue: Queue = Queue.GPU,
 ) -> None:
-    """Send ``run_job(job_id)`` once ``session`` commits; dropped if it rolls back."""
-    session.info.setdefault(_PENDING, []).append((job_id, settings))
+    """Send ``run_job(job_id)`` to ``queue`` once ``session`` commits; dropped on rollback."""
+    session.info.setdefault(_PENDING, []).append((job_id, settings, queue))
 
 
 @event.listens_for(Session, "after_commit")
 def _send_pending(session: Session) -> None:
-    pending: list[tuple[uuid.UUID, Settings | None]] = session.info.pop(_PENDING, [])
-    for job_id, settings in pending:
-        send_run_job(job_id, settings)
+    pending: list[tuple[uuid.UUID, Settings | None, Queue]] = session.info.pop(_PENDING, [])
+    for job_id, settings, queue in pending:
+        send_run_job(job_id, settings, queue)
 
 
 @event.listens_for(Session, "after_soft_rollback")

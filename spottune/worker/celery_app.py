@@ -49,6 +49,7 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
 app = create_worker_app()
 
 _reconciler_stop = threading.Event()
+_webhooks_stop = threading.Event()
 
 
 @worker_process_init.connect
@@ -79,6 +80,18 @@ def _start_reconciler(sender: Any = None, **_: Any) -> None:
     logger.info("reconciler started (every %.0f s)", get_settings().reconcile_interval_s)
 
 
+@worker_ready.connect
+def _start_webhooks(sender: Any = None, **_: Any) -> None:
+    """Deliver webhook events from a daemon thread of the worker's main process."""
+    from spottune.worker.webhooks import run_forever
+
+    _webhooks_stop.clear()
+    threading.Thread(
+        target=run_forever, args=(_webhooks_stop,), name="spottune-webhooks", daemon=True
+    ).start()
+
+
 @worker_shutdown.connect
 def _stop_reconciler(**_: Any) -> None:
     _reconciler_stop.set()
+    _webhooks_stop.set()

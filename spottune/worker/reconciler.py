@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from spottune.app.db import get_session_factory, session_scope
 from spottune.app.models import Job, JobStatus, utcnow
 from spottune.app.settings import Settings, get_settings
-from spottune.app.tasks import Queue, TaskName
+from spottune.app.tasks import Queue, TaskName, queue_for
 from spottune.worker.runner import CANCELLED_REASON
 
 logger = logging.getLogger(__name__)
@@ -55,20 +55,21 @@ def resend_after(settings: Settings) -> timedelta:
 
 def queued_in_broker(app: Celery) -> set[str] | None:
     """Job ids of messages waiting (or delivered, unacknowledged) in the broker; None if unknown."""
-    queue = Queue.GPU.value
+    queues = [q.value for q in Queue]
     try:
         with app.connection_for_read() as conn:
             channel = conn.default_channel
             if conn.transport_cls in ("redis", "rediss"):
                 client = channel.client
                 raw = []
-                for key in [queue] + [f"{queue}{REDIS_PRIORITY_SEP}{p}" for p in (3, 6, 9)]:
-                    raw.extend(client.lrange(key, 0, -1))
+                for queue in queues:
+                    for key in [queue] + [f"{queue}{REDIS_PRIORITY_SEP}{p}" for p in (3, 6, 9)]:
+                        raw.extend(client.lrange(key, 0, -1))
                 raw.extend(client.hvals(channel.unacked_key))
                 texts = [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
             elif conn.transport_cls == "filesystem":
                 folder = Path(channel.data_folder_in)
-                texts = [p.read_text() for p in folder.glob(f"*.{queue}.msg")]
+                texts = [p.read_text() for q in queues for p in folder.glob(f"*.{q}.msg")]
             else:
                 return None
     except Exception:
@@ -87,8 +88,8 @@ def queued_in_broker(app: Celery) -> set[str] | None:
     return found
 
 
-def _send(app: Celery, job_id: str) -> None:
-    app.send_task(TaskName.RUN_JOB.value, args=[job_id], queue=Queue.GPU.value)
+def _send(app: Celery, job: Job) -> None:
+    app.send_task(TaskName.RUN_JOB.value, args=[str(job.id)], queue=queue_for(job.params).value)
 
 
 def _cas(session: Session, job: Job, old: datetime | None, column: str, **values: object) -> bool:
@@ -125,7 +126,7 @@ def _resend_lost(app: Celery, settings: Settings, report: ReconcileReport) -> No
                 continue  # another reconciler (or the API) got there first
         logger.warning("job %s: queued since %s with no message in the broker; re-sending",
                        job.id, job.enqueued_at)
-        _send(app, str(job.id))
+        _send(app, job)
         report.resent += 1
 
 
@@ -158,7 +159,7 @@ def _repair_stale(app: Celery, settings: Settings, report: ReconcileReport) -> N
                 continue
         logger.warning("job %s: worker %s lost (%s), attempt %d of %d; re-queued",
                        job.id, job.worker, silent, job.attempts, settings.job_max_attempts)
-        _send(app, str(job.id))
+        _send(app, job)
         report.requeued += 1
 
 

@@ -235,7 +235,7 @@ def run_job(job_id: str, worker: str = "worker", *, settings: Settings | None = 
     if device is None:
         from spottune.ml.device import pick_device
 
-        device = pick_device()
+        device = pick_device("cpu" if params.get("device") == "cpu" else None)
     monitor = JobMonitor(factory, jid, attempt)
     ctx = JobContext(job_id=jid, clinic_id=clinic_id, kind=kind, params=params, attempt=attempt,
                      settings=settings, session_factory=factory, device=device, monitor=monitor)

@@ -25,6 +25,9 @@ REDIS_DB = 11
 MAX_UPLOAD = 2 * 1024 * 1024
 TABLES = (
     "scan_dicom",
+    "webhook_deliveries",
+    "webhooks",
+    "idempotency_keys",
     "metrics",
     "reports",
     "policies",

@@ -24,6 +24,9 @@ EXPECTED = {
     "reports",
     "metrics",
     "scan_dicom",
+    "idempotency_keys",
+    "webhooks",
+    "webhook_deliveries",
     "alembic_version",
 }
 

@@ -8,6 +8,7 @@ from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.app.blobs import iter_blob, read_blob
+from spottune.app.conditional import not_modified
 from spottune.app.errors import NotFound
 from spottune.app.models import Blob
 
@@ -32,12 +33,11 @@ def blob_response(
     blob = session.get(Blob, blob_id)
     if blob is None:
         raise NotFound("the stored file is missing")
+    etag = f'"{blob.sha256}"'
+    if not_modified(etag):  # the client has this file already: do not read it
+        return Response(status_code=304, headers={"ETag": etag})
     disposition = "inline" if inline else f'attachment; filename="{filename}"'
-    headers = {
-        "Content-Length": str(blob.size),
-        "Content-Disposition": disposition,
-        "ETag": f'"{blob.sha256}"',
-    }
+    headers = {"Content-Length": str(blob.size), "Content-Disposition": disposition, "ETag": etag}
     media_type = media_type or blob.content_type
     if blob.size <= INLINE_MAX_BYTES:
         return Response(read_blob(session, blob_id), media_type=media_type, headers=headers)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from spottune.app.models import (
@@ -14,6 +15,7 @@ from spottune.app.models import (
     JobStatus,
     Mask,
     Metric,
+    Model,
     Policy,
     Report,
 )
@@ -37,12 +39,21 @@ def page(
     *,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
+    model_id: uuid.UUID | None = None,
+    created_after: datetime | None = None,
 ) -> tuple[list[Job], int]:
     stmt = select(Job).where(Job.clinic_id == clinic_id)
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if kind is not None:
         stmt = stmt.where(Job.kind == kind)
+    if model_id is not None:  # the job used the model, or produced it
+        produced = select(Model.job_id).where(Model.id == model_id, Model.clinic_id == clinic_id)
+        stmt = stmt.where(
+            or_(Job.params["model_id"].as_string() == str(model_id), Job.id.in_(produced))
+        )
+    if created_after is not None:
+        stmt = stmt.where(Job.created_at > created_after)
     return paginate(session, stmt.order_by(Job.created_at.desc(), Job.id), limit, offset)
 
 

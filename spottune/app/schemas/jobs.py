@@ -13,10 +13,15 @@ from spottune.app.schemas.common import OrmModel
 
 MAX_SCANS_PER_JOB = 500
 Method = Literal["spottune", "finetune-all", "finetune-first", "finetune-last", "none"]
+Device = Literal["gpu", "cpu"]
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    device: Device = Field(
+        default="gpu", description="which workers run it: gpu (default) or cpu (its own queue)"
+    )
 
 
 class AdaptationRequest(_Request):

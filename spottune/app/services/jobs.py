@@ -17,7 +17,7 @@ from spottune.app.schemas.jobs import AdaptationRequest, PretrainingRequest, Seg
 from spottune.app.services.models import get_model
 from spottune.app.services.quota import check_concurrency
 from spottune.app.settings import Settings
-from spottune.app.tasks import enqueue_after_commit
+from spottune.app.tasks import enqueue_after_commit, queue_for
 
 _RAS_AXIS = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
 
@@ -93,7 +93,7 @@ def _submit(
     )
     session.add(job)
     session.flush()
-    enqueue_after_commit(session, job.id, settings)
+    enqueue_after_commit(session, job.id, settings, queue_for(params))
     return job
 
 
@@ -115,6 +115,7 @@ def create_adaptation(
         "target_scan_ids": [str(s.id) for s in target],
         "method": req.method,
         "options": _options(AdaptOptions, req.options),
+        "device": req.device,
     }
     return _submit(session, settings, clinic_id, JobKind.ADAPTATION, params)
 
@@ -124,7 +125,11 @@ def create_segmentation(
 ) -> Job:
     model = get_model(session, clinic_id, req.model_id)
     scans = _scans(session, clinic_id, req.scan_ids, "scan_ids", need_mask=False)
-    params = {"model_id": str(model.id), "scan_ids": [str(s.id) for s in scans]}
+    params = {
+        "model_id": str(model.id),
+        "scan_ids": [str(s.id) for s in scans],
+        "device": req.device,
+    }
     return _submit(session, settings, clinic_id, JobKind.SEGMENTATION, params)
 
 
@@ -136,7 +141,11 @@ def create_pretraining(
     options = _options(SourceOptions, req.options)
     train = _scans(session, clinic_id, req.train_scan_ids, "train_scan_ids", need_mask=True)
     _check_slices(train, int(options.get("slice_axis", 2)), "train_scan_ids")
-    params = {"train_scan_ids": [str(s.id) for s in train], "options": options}
+    params = {
+        "train_scan_ids": [str(s.id) for s in train],
+        "options": options,
+        "device": req.device,
+    }
     return _submit(session, settings, clinic_id, JobKind.PRETRAINING, params)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
@@ -10,6 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from spottune.app.api.deps import CurrentClinic, SessionDep, SessionFactoryDep, SettingsDep
 from spottune.app.api.downloads import blob_response
+from spottune.app.api.idempotency import Idempotency, IdempotencyDep, register_presenter
 from spottune.app.api.presenters import job_out
 from spottune.app.errors import NotFound
 from spottune.app.models import Job, JobKind, JobStatus
@@ -40,7 +42,18 @@ _ACCEPTED = {
 }
 
 
-def _accepted(response: Response, session: SessionDep, job: Job) -> JobOut:
+def _present(session: SessionDep, clinic_id: uuid.UUID, job_id: uuid.UUID) -> JobOut | None:
+    job = job_repo.get(session, clinic_id, job_id)
+    return None if job is None else job_out(job)
+
+
+register_presenter("jobs", _present)
+
+
+def _accepted(
+    response: Response, session: SessionDep, job: Job, idempotency: Idempotency
+) -> JobOut:
+    idempotency.record(session, "jobs", job.id, status.HTTP_202_ACCEPTED)
     session.commit()  # the task is sent only after this commit (see tasks.enqueue_after_commit)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_out(job)
@@ -53,11 +66,11 @@ def create_adaptation(
     session: SessionDep,
     settings: SettingsDep,
     clinic: CurrentClinic,
+    idempotency: IdempotencyDep,
 ) -> JobOut:
     """Adapt a model to the clinic's scanner from a few annotated scans."""
-    return _accepted(
-        response, session, service.create_adaptation(session, settings, clinic.id, body)
-    )
+    job = service.create_adaptation(session, settings, clinic.id, body)
+    return _accepted(response, session, job, idempotency)
 
 
 @router.post("/v1/segmentations", **_ACCEPTED)  # type: ignore[arg-type]
@@ -67,11 +80,11 @@ def create_segmentation(
     session: SessionDep,
     settings: SettingsDep,
     clinic: CurrentClinic,
+    idempotency: IdempotencyDep,
 ) -> JobOut:
     """Segment scans with a model (inference only)."""
-    return _accepted(
-        response, session, service.create_segmentation(session, settings, clinic.id, body)
-    )
+    job = service.create_segmentation(session, settings, clinic.id, body)
+    return _accepted(response, session, job, idempotency)
 
 
 @router.post("/v1/pretrainings", **_ACCEPTED)  # type: ignore[arg-type]
@@ -81,11 +94,11 @@ def create_pretraining(
     session: SessionDep,
     settings: SettingsDep,
     clinic: CurrentClinic,
+    idempotency: IdempotencyDep,
 ) -> JobOut:
     """Train a source model from annotated scans."""
-    return _accepted(
-        response, session, service.create_pretraining(session, settings, clinic.id, body)
-    )
+    job = service.create_pretraining(session, settings, clinic.id, body)
+    return _accepted(response, session, job, idempotency)
 
 
 @router.get("/v1/jobs", response_model=Page[JobOut])
@@ -96,8 +109,18 @@ def list_jobs(
     offset: OffsetQuery = 0,
     status: Annotated[JobStatus | None, Query()] = None,
     kind: Annotated[JobKind | None, Query()] = None,
+    model_id: Annotated[
+        uuid.UUID | None, Query(description="jobs that use this model or produced it")
+    ] = None,
+    created_after: Annotated[
+        datetime | None, Query(description="ISO 8601 time, e.g. 2026-11-30T12:00:00Z")
+    ] = None,
 ) -> Page[JobOut]:
-    items, total = job_repo.page(session, clinic.id, limit, offset, status=status, kind=kind)
+    """The clinic's jobs, newest first, filtered by status, kind, model and creation time."""
+    items, total = job_repo.page(
+        session, clinic.id, limit, offset, status=status, kind=kind, model_id=model_id,
+        created_after=created_after,
+    )
     return Page(items=[job_out(j) for j in items], total=total, limit=limit, offset=offset)
 
 
@@ -115,13 +138,18 @@ def get_job(job_id: uuid.UUID, session: SessionDep, clinic: CurrentClinic) -> Jo
     },
 )
 def cancel_job(
-    job_id: uuid.UUID, response: Response, session: SessionDep, clinic: CurrentClinic
+    job_id: uuid.UUID,
+    response: Response,
+    session: SessionDep,
+    clinic: CurrentClinic,
+    idempotency: IdempotencyDep,
 ) -> JobOut:
     """Queued: cancelled at once (200). Running: the worker stops within seconds (202)."""
     job = service.cancel_job(session, clinic.id, job_id)
+    code = status.HTTP_200_OK if job.status.terminal else status.HTTP_202_ACCEPTED
+    idempotency.record(session, "jobs", job.id, code)
     session.commit()
-    if not job.status.terminal:
-        response.status_code = status.HTTP_202_ACCEPTED
+    response.status_code = code
     return job_out(job)
 
 

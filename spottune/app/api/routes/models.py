@@ -11,6 +11,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from spottune.app.api.deps import CurrentClinic, SessionDep, SessionFactoryDep, SettingsDep
 from spottune.app.api.downloads import blob_response
+from spottune.app.api.idempotency import IdempotencyDep, register_presenter
 from spottune.app.api.presenters import model_out
 from spottune.app.repositories import models as model_repo
 from spottune.app.schemas.common import (
@@ -29,6 +30,14 @@ from spottune.app.uploads import read_limited
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
 
+def _present(session: SessionDep, clinic_id: uuid.UUID, model_id: uuid.UUID) -> ModelOut | None:
+    model = model_repo.get(session, clinic_id, model_id)
+    return None if model is None else model_out(session, model)
+
+
+register_presenter("models", _present)
+
+
 @router.post(
     "", status_code=status.HTTP_201_CREATED, responses=UPLOAD_RESPONSES, response_model=ModelOut
 )
@@ -37,6 +46,7 @@ def upload_model(
     session: SessionDep,
     settings: SettingsDep,
     clinic: CurrentClinic,
+    idempotency: IdempotencyDep,
     weights: Annotated[UploadFile, File(description="weights as .safetensors (no pickles)")],
     config: Annotated[str | UploadFile, Form(description="model config JSON (text or file)")],
     name: Annotated[str | None, Form()] = None,
@@ -50,6 +60,7 @@ def upload_model(
     model = service.create_model(
         session, settings, clinic.id, weights=weights.file, config_text=config_text, name=name
     )
+    idempotency.record(session, "models", model.id, status.HTTP_201_CREATED)
     session.commit()
     response.headers["Location"] = f"/v1/models/{model.id}"
     return model_out(session, model)

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from spottune.app.api.deps import CurrentClinic, SessionDep, SessionFactoryDep, SettingsDep
 from spottune.app.api.downloads import blob_response
+from spottune.app.api.idempotency import IdempotencyDep, register_presenter
 from spottune.app.api.presenters import scan_out
 from spottune.app.errors import NotFound
 from spottune.app.models import Blob
@@ -28,6 +29,14 @@ from spottune.app.services import scans as service
 router = APIRouter(prefix="/v1/scans", tags=["scans"], responses=ERROR_RESPONSES)
 
 
+def _present(session: SessionDep, clinic_id: uuid.UUID, scan_id: uuid.UUID) -> ScanOut | None:
+    scan = scan_repo.get(session, clinic_id, scan_id)
+    return None if scan is None else scan_out(session, scan)
+
+
+register_presenter("scans", _present)
+
+
 @router.post(
     "", status_code=status.HTTP_201_CREATED, responses=UPLOAD_RESPONSES, response_model=ScanOut
 )
@@ -36,6 +45,7 @@ def upload_scan(
     session: SessionDep,
     settings: SettingsDep,
     clinic: CurrentClinic,
+    idempotency: IdempotencyDep,
     image: Annotated[
         UploadFile,
         File(description="3D image: .nii, .nii.gz or .mgz, or a .zip of one DICOM MR series"),
@@ -70,6 +80,7 @@ def upload_scan(
         annotated_slices=annotated_slices,
         mask_labels=mask_labels,
     )
+    idempotency.record(session, "scans", scan.id, status.HTTP_201_CREATED)
     session.commit()
     response.headers["Location"] = f"/v1/scans/{scan.id}"
     return scan_out(session, scan)
