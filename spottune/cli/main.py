@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from spottune.cli import data_commands, ml_commands, service_commands
+from spottune.cli import client_commands, data_commands, ml_commands, service_commands
 
 app = typer.Typer(
     name="spottune",
@@ -30,6 +30,10 @@ ml_commands.register(app)
 service_commands.register(app)
 app.add_typer(data_commands.data_app, name="data", help="Build the multi-site benchmark data.")
 app.add_typer(service_commands.admin_app, name="admin", help="Operator commands: clinics and keys.")
+app.add_typer(
+    client_commands.client_app, name="client",
+    help="Talk to a running service (SPOTTUNE_URL, SPOTTUNE_API_KEY): upload, adapt, wait, ...",
+)
 
 if __name__ == "__main__":
     app()

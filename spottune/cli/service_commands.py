@@ -58,13 +58,37 @@ def worker_argv(queue: str, concurrency: int, pool: str, loglevel: str) -> list[
     return argv
 
 
+def check_gpu(queue: str, require_gpu: bool) -> None:
+    """Refuse to consume the gpu queue without CUDA when a GPU is required (no silent CPU runs)."""
+    if not require_gpu or "gpu" not in queue.split(","):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        typer.echo(
+            f"no CUDA device visible (torch {torch.__version__}, built for CUDA "
+            f"{torch.version.cuda or 'none'}): refusing to run GPU jobs on the CPU. Give the "
+            "container a GPU (NVIDIA Container Toolkit) and a CUDA torch build, or set "
+            "SPOTTUNE_WORKER_REQUIRE_GPU=false to accept CPU training.",
+            err=True,
+        )
+        raise typer.Exit(3)
+
+
 def worker(
-    queue: str = typer.Option("gpu", help="Queue to consume."),
+    queue: str = typer.Option("gpu", help="Queues to consume, comma-separated (gpu, cpu)."),
     concurrency: int = typer.Option(1, min=1, help="Jobs run at once (one per GPU)."),
     pool: str = typer.Option("prefork", help="Celery pool: prefork, solo or threads."),
     loglevel: str = typer.Option("INFO", help="Log level of the worker."),
+    require_gpu: bool | None = typer.Option(
+        None, "--require-gpu/--allow-cpu",
+        help="Without CUDA, refuse the gpu queue (default: SPOTTUNE_WORKER_REQUIRE_GPU).",
+    ),
 ) -> None:
-    """Start a Celery worker for jobs, with the reconciler thread."""
+    """Start a Celery worker for jobs, with the reconciler and webhook threads."""
+    from spottune.app.settings import get_settings
+
+    check_gpu(queue, get_settings().worker_require_gpu if require_gpu is None else require_gpu)
     from spottune.worker.celery_app import app as celery_app
 
     celery_app.worker_main(worker_argv(queue, concurrency, pool, loglevel))
@@ -72,8 +96,10 @@ def worker(
 
 def _start_worker() -> subprocess.Popen[bytes]:
     # Its own session: Ctrl-C reaches `serve`, which then stops the worker in order.
+    # One local worker takes both queues: jobs asking for the CPU run here too.
     return subprocess.Popen(
-        [sys.executable, "-m", "spottune.cli.main", "worker"], start_new_session=True
+        [sys.executable, "-m", "spottune.cli.main", "worker", "--queue", "gpu,cpu", "--allow-cpu"],
+        start_new_session=True,
     )
 
 
@@ -133,6 +159,21 @@ def create_clinic(name: str = typer.Argument(..., help="Unique clinic name.")) -
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error
     typer.echo(f"clinic {created.name} ({created.clinic_id})", err=True)
+    typer.echo("API key (shown once; only its hash is stored):", err=True)
+    typer.echo(created.key)
+
+
+@admin_app.command("create-key")
+def create_key(name: str = typer.Argument(..., help="Name of an existing clinic.")) -> None:
+    """Another API key for an existing clinic (e.g. to rotate keys); printed once."""
+    from spottune.app import admin
+
+    try:
+        created = admin.create_key(name)
+    except admin.AdminError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"new key for clinic {created.name} ({created.clinic_id})", err=True)
     typer.echo("API key (shown once; only its hash is stored):", err=True)
     typer.echo(created.key)
 
