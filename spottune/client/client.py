@@ -69,6 +69,8 @@ class Client:
         timeout: seconds per HTTP request.
         retries: how often a request is retried after a connection error or a 503.
         backoff_s: first retry delay; it doubles with each retry (at most 30 s).
+        page_size: items fetched per request by the listings (which walk every page).
+        http: an ``httpx.Client`` to send through (proxies, certificates, transports).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Client:
         timeout: float = 120.0,
         retries: int = 5,
         backoff_s: float = 0.5,
+        page_size: int = PAGE_SIZE,
         http: httpx.Client | None = None,
     ) -> None:
         url = url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
@@ -89,6 +92,7 @@ class Client:
                 "(an operator creates one with `spottune admin create-clinic NAME`)"
             )
         self.url = url.rstrip("/")
+        self.page_size = page_size
         self._t = Transport(self.url, api_key, timeout=timeout, retries=retries,
                             backoff_s=backoff_s, http=http)
 
@@ -109,12 +113,12 @@ class Client:
 
     def _pages(self, path: str, kind: type[R], params: dict[str, Any] | None = None
                ) -> Iterator[R]:
-        """Every item of a paginated listing, fetching ``PAGE_SIZE`` at a time."""
+        """Every item of a paginated listing, fetching ``page_size`` at a time."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         offset = 0
         while True:
-            page = self._t.request("GET", path,
-                                   params={**query, "limit": PAGE_SIZE, "offset": offset}).json()
+            window = {"limit": self.page_size, "offset": offset}
+            page = self._t.request("GET", path, params={**query, **window}).json()
             for item in page["items"]:
                 yield kind.model_validate(item)
             offset += len(page["items"])

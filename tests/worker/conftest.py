@@ -30,6 +30,9 @@ TEST_SETTINGS = {
     "SPOTTUNE_RECONCILE_INTERVAL_S": "1",
     "SPOTTUNE_JOB_MAX_ATTEMPTS": "2",
     "SPOTTUNE_CLINIC_MAX_CONCURRENT_JOBS": "50",
+    # The worker's own webhook loop stays idle here: test_webhook_dispatch drives passes itself
+    # (tests/client covers the loop inside a real worker).
+    "SPOTTUNE_WEBHOOK_POLL_INTERVAL_S": "3600",
 }
 
 
