@@ -1,8 +1,11 @@
-# One image for every service: api, worker and migrate differ only by their command.
-# GPU hosts: build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124
+# One image for every service: api, workers, migrate and flower differ only by their command.
+# The torch build is a build argument: CUDA by default (the GPU worker's image),
+#   docker build .                                   # CUDA wheel (TORCH_VARIANT=cu128)
+#   docker build --build-arg TORCH_VARIANT=cpu .     # CPU wheel: api, migrate, CPU workers
 FROM python:3.11-slim AS base
 
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG TORCH_VARIANT=cu128
+ARG TORCH_INDEX=https://download.pytorch.org/whl/${TORCH_VARIANT}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -14,7 +17,8 @@ RUN apt-get update \
 
 WORKDIR /app
 # torch first and alone: the largest layer, cached across code changes.
-RUN pip install --index-url "${TORCH_INDEX}" "torch==2.13.0"
+RUN pip install --index-url "${TORCH_INDEX}" "torch==2.13.0" \
+    && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 COPY pyproject.toml README.md constraints.txt ./
 COPY spottune ./spottune
 # flower: the optional monitoring service of docker-compose.yml uses this image too
