@@ -15,7 +15,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _if_none_match: ContextVar[str | None] = ContextVar("if_none_match", default=None)
-_CONDITIONAL = frozenset({"GET", "HEAD"})
+_CONDITIONAL = frozenset({"GET"})
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

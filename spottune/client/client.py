@@ -164,14 +164,15 @@ class Client:
     def upload_model(
         self, weights: str | Path, config: str | Path | dict[str, Any], name: str | None = None
     ) -> Model:
-        """Upload a model: ``weights`` (.safetensors) and ``config`` (a .json file or a dict)."""
+        """Upload a model: ``weights`` (.safetensors) and ``config`` (a .json file, JSON text or
+        a dict)."""
         weights_path = Path(weights)
         if isinstance(config, dict):
             config_text = json.dumps(config)
-        elif Path(config).suffix == ".json" or Path(config).is_file():
-            config_text = Path(config).read_text()
+        elif isinstance(config, str) and config.lstrip().startswith("{"):
+            config_text = config  # JSON text
         else:
-            config_text = str(config)
+            config_text = Path(config).read_text()
 
         def files(stack: contextlib.ExitStack) -> dict[str, Any]:
             return {"weights": (weights_path.name, stack.enter_context(weights_path.open("rb")))}

@@ -35,6 +35,9 @@ from spottune.app.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 BATCH = 50
+# Jobs that ended longer ago are not announced any more (e.g. after a long worker outage): it
+# keeps every pass's scan small however long the job history grows.
+LOOKBACK = timedelta(days=2)
 MAX_BACKOFF_S = 3600.0
 MAX_ERROR_CHARS = 500
 USER_AGENT = "spottune-webhooks/1"
@@ -68,10 +71,10 @@ def payload(delivery: WebhookDelivery, job: Job) -> bytes:
 
 
 def _create_pending(factory: sessionmaker[Session], report: DispatchReport) -> None:
+    now = utcnow()
     with factory() as session:
         pairs = [(hook.id, job.id, job.status.value)
-                 for hook, job in repo.undelivered_terminal_jobs(session, BATCH)]
-    now = utcnow()
+                 for hook, job in repo.undelivered_terminal_jobs(session, now - LOOKBACK, BATCH)]
     for webhook_id, job_id, status in pairs:
         try:
             with session_scope(factory) as session:

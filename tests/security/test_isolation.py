@@ -113,7 +113,7 @@ def foreign(
     session_factory: sessionmaker[Session],
     broker: redis.Redis,
 ) -> dict[str, str]:
-    """Clinic B's model, scan, job and mask ids, and clinic A's own model and scan."""
+    """Clinic B's model, scan, job, mask and webhook ids, and clinic A's own model and scan."""
     model = str(upload_model(client, clinic_b, weights_bytes)["id"])
     scan = str(upload_scan(client, clinic_b, phantom[0], phantom[1])["id"])
     job = client.post(
@@ -125,8 +125,11 @@ def foreign(
         mask = Mask(clinic_id=clinic, job_id=uuid.UUID(job), scan_id=uuid.UUID(scan),
                     model_id=uuid.UUID(model), blob_id=blob.id)  # fmt: skip
         session.add(mask)
+    webhook = client.post("/v1/webhooks", headers=clinic_b.headers,
+                          json={"url": "http://127.0.0.1:9/b", "secret": "b" * 20}).json()["id"]
     return {
         "model_id": model, "scan_id": scan, "job_id": job, "mask_id": str(mask.id),
+        "webhook_id": webhook,
         "own_model": str(upload_model(client, clinic_a, weights_bytes)["id"]),
         "own_scan": str(upload_scan(client, clinic_a, phantom[0], phantom[1])["id"]),
     }  # fmt: skip

@@ -44,16 +44,18 @@ def deliveries_page(
     return paginate(session, stmt.order_by(*order), limit, offset)
 
 
-def undelivered_terminal_jobs(session: Session, limit: int) -> list[tuple[Webhook, Job]]:
+def undelivered_terminal_jobs(
+    session: Session, since: datetime, limit: int
+) -> list[tuple[Webhook, Job]]:
     """(webhook, job) pairs: a job of the webhook's clinic that ended after it was registered
-    and has no delivery row for it yet."""
+    (and after ``since``, which bounds the scan) and has no delivery row for it yet."""
     has_delivery = exists().where(
         WebhookDelivery.webhook_id == Webhook.id, WebhookDelivery.job_id == Job.id
     )
     stmt = (
         select(Webhook, Job)
         .join(Job, and_(Job.clinic_id == Webhook.clinic_id, Job.finished_at >= Webhook.created_at))
-        .where(Job.status.in_(TERMINAL), ~has_delivery)
+        .where(Job.status.in_(TERMINAL), Job.finished_at >= since, ~has_delivery)
         .order_by(Job.finished_at)
         .limit(limit)
     )
