@@ -193,7 +193,8 @@ def _save_policy(policy: Any, path: Path) -> Path:
 def download(
     job_id: str = typer.Argument(...),
     out: Path = typer.Option(Path("."), "--out", help="Folder for masks, report and policy."),
-    mask_format: str = typer.Option("nifti", "--format", help="nifti or dicom-seg"),
+    mask_format: str | None = typer.Option(
+        None, "--format", help="nifti or dicom-seg (default: as the scan was uploaded)"),
 ) -> None:
     """Download a finished job's masks, report (if any) and policy (if any); prints the paths."""
     from spottune.client import ApiError

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,7 +44,6 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 URL_VARIABLE, KEY_VARIABLE = "SPOTTUNE_URL", "SPOTTUNE_API_KEY"
 PAGE_SIZE = 100
 DOWNLOAD_CHUNK = 1024 * 1024
-MASK_SUFFIX = {"nifti": ".nii.gz", "dicom-seg": ".dcm"}
 
 R = TypeVar("R", bound=Resource)
 Ref = str | uuid.UUID | Resource  # an id, or an object that has one
@@ -125,15 +124,24 @@ class Client:
             if not page["items"] or offset >= page["total"]:
                 return
 
-    def _download(self, path: str, dest: Path, params: dict[str, Any] | None = None) -> Path:
-        """Stream ``path`` into ``dest`` (written whole or not at all)."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(dest.name + ".part")
-        with self._t.stream("GET", path, params=params) as response, partial.open("wb") as out:
-            for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
-                out.write(chunk)
-        partial.replace(dest)
-        return dest
+    def _download(
+        self,
+        path: str,
+        dest: Path,
+        params: dict[str, Any] | None = None,
+        name: Callable[[httpx.Response], str] | None = None,
+    ) -> Path:
+        """Stream ``path`` into ``dest`` (or into the folder ``dest`` under ``name(response)``),
+        written whole or not at all."""
+        with self._t.stream("GET", path, params=params) as response:
+            target = dest / name(response) if name is not None else dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".part")
+            with partial.open("wb") as out:
+                for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                    out.write(chunk)
+        partial.replace(target)
+        return target
 
     # -- uploads -----------------------------------------------------------------------------
     def upload_scan(
@@ -273,15 +281,22 @@ class Client:
     def masks(self, job: Ref) -> list[Mask]:
         return list(self._pages(f"/v1/jobs/{_id(job)}/masks", Mask))
 
-    def download_masks(self, job: Ref, out_dir: str | Path, format: str = "nifti") -> list[Path]:
-        """Download every mask of the job into ``out_dir`` as ``<scan id>_mask.nii.gz``
-        (``format="dicom-seg"``: ``.dcm``), on each scan's own grid."""
+    def download_masks(
+        self, job: Ref, out_dir: str | Path, format: str | None = None
+    ) -> list[Path]:
+        """Download every mask of the job into ``out_dir`` as ``<scan id>_mask.nii.gz`` (or
+        ``.dcm`` for a DICOM SEG), each on its scan's own grid. ``format``: ``"nifti"`` or
+        ``"dicom-seg"``; by default the format the scan was uploaded in."""
         folder = Path(out_dir)
-        params = None if format == "nifti" else {"format": format}
-        suffix = MASK_SUFFIX.get(format, f".{format}")
-        return [self._download(f"/v1/masks/{m.id}", folder / f"{m.scan_id}_mask{suffix}", params)
-                for m in self.masks(job)]
+        params = None if format is None else {"format": format}
+        paths = []
+        for mask in self.masks(job):
+            def name(response: httpx.Response, scan_id: uuid.UUID = mask.scan_id) -> str:
+                media = response.headers.get("content-type", "")
+                return f"{scan_id}_mask{'.dcm' if 'dicom' in media else '.nii.gz'}"
 
+            paths.append(self._download(f"/v1/masks/{mask.id}", folder, params, name=name))
+        return paths
     def download_report(self, job: Ref, path: str | Path) -> Path:
         """The job's self-contained HTML report (policy chart, curve, before/after, overlays)."""
         return self._download(f"/v1/jobs/{_id(job)}/report", Path(path))
