@@ -79,6 +79,8 @@ def upload(
     site: str | None = typer.Option(None), subject: str | None = typer.Option(None),
     annotated_slices: str | None = typer.Option(
         None, help="Annotated slice indices of the mask, e.g. 40,48,56."),
+    mask_labels: str | None = typer.Option(
+        None, help="Foreground values of a label-map mask: 255, 1-255 or 2,3,41,42."),
 ) -> None:
     """Upload a scan (and mask); prints its id."""
     slices = None
@@ -89,7 +91,7 @@ def upload(
             raise typer.BadParameter("give comma-separated integers, e.g. 40,48,56") from None
     with _client() as client:
         scan = _call(lambda: client.upload_scan(image, mask=mask, site=site, subject=subject,
-                                                annotated_slices=slices))
+                                                annotated_slices=slices, mask_labels=mask_labels))
     typer.echo(str(scan.id))
 
 

@@ -151,9 +151,11 @@ class Client:
         site: str | None = None,
         subject: str | None = None,
         annotated_slices: Sequence[int] | None = None,
+        mask_labels: str | Sequence[int] | None = None,
     ) -> Scan:
         """Upload a scan (.nii, .nii.gz, .mgz, or a .zip DICOM series) and optionally its mask;
-        ``annotated_slices``: the indices of the mask's annotated slices (partial annotation)."""
+        ``annotated_slices``: the indices of the mask's annotated slices (partial annotation);
+        ``mask_labels``: the foreground values of a label-map mask (``[2, 3, 41]``, ``"1-255"``)."""
         image_path, mask_path = Path(path), None if mask is None else Path(mask)
 
         def files(stack: contextlib.ExitStack) -> dict[str, Any]:
@@ -162,7 +164,10 @@ class Client:
                 out["mask"] = (mask_path.name, stack.enter_context(mask_path.open("rb")))
             return out
 
-        data: dict[str, Any] = {"site": site, "subject": subject}
+        labels = mask_labels
+        if labels is not None and not isinstance(labels, str):
+            labels = ",".join(str(int(v)) for v in labels)
+        data: dict[str, Any] = {"site": site, "subject": subject, "mask_labels": labels}
         if annotated_slices is not None:
             data["annotated_slices"] = json.dumps([int(i) for i in annotated_slices])
         data = {k: v for k, v in data.items() if v is not None}
