@@ -4,6 +4,7 @@ without duplicating anything (network faults injected between the client and a r
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,15 +16,20 @@ from tests.test_embedded import _free_port
 
 class FlakyNetwork(httpx.HTTPTransport):
     """The real network, except that chosen requests fail: ``before`` ones never reach the
-    server (connection refused), ``after`` ones reach it and their answer is lost."""
+    server (connection refused), ``after`` ones reach it and their answer is lost, ``busy`` ones
+    are answered 503 by a proxy in front of it (as Caddy does while the API restarts)."""
 
-    def __init__(self, before: int = 0, after: int = 0) -> None:
+    def __init__(self, before: int = 0, after: int = 0, busy: int = 0) -> None:
         super().__init__()
-        self.before, self.after = before, after
+        self.before, self.after, self.busy = before, after, busy
         self.keys: list[str | None] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.keys.append(request.headers.get("idempotency-key"))
+        if self.busy > 0:
+            self.busy -= 1
+            return httpx.Response(503, headers={"Retry-After": "0"}, request=request,
+                                  json={"error": {"code": "busy", "message": "retry"}})
         if self.before > 0:
             self.before -= 1
             raise httpx.ConnectError("connection refused (injected)", request=request)
@@ -50,6 +56,30 @@ def test_a_lost_answer_is_retried_with_the_same_key_and_creates_one_scan(
     assert len(network.keys) == 3 and len(set(network.keys)) == 1 and network.keys[0]
     scans = list(Client(service.url, key).scans(site="retried"))
     assert [s.id for s in scans] == [scan.id]
+
+
+def test_503_answers_are_retried_and_the_job_is_queued_once(
+    service: Service, files: Files
+) -> None:
+    key = service.new_clinic("busy-clinic")
+    plain = Client(service.url, key)
+    scan = plain.upload_scan(files.source_image, mask=files.source_mask)
+    model = plain.upload_model(*_tiny_model(files.source_image.parent))
+    network = FlakyNetwork(busy=2, after=1)
+    job = _client(service, key, network).segment(model, [scan])
+    assert len(network.keys) == 4 and len(set(network.keys)) == 1
+    assert [j.id for j in plain.jobs(kind="segmentation")] == [job.id]
+    assert _client(service, key, FlakyNetwork(busy=1)).job(job.id).id == job.id
+
+
+def _tiny_model(folder: Path) -> tuple[Path, Path]:
+    from spottune.ml.checkpoint import save_checkpoint
+    from spottune.ml.network import build_model
+    from tests.worker.helpers import tiny_config
+
+    config = tiny_config()
+    save_checkpoint(build_model(config), config, folder / "tiny.safetensors")
+    return folder / "tiny.safetensors", folder / "tiny.json"
 
 
 def test_api_errors_carry_code_and_message(service: Service) -> None:

@@ -138,6 +138,7 @@ class Idempotency:
         except IntegrityError:
             # Another request with this key committed first: undo everything this one did.
             session.rollback()
+            logger.info("%s %r: a concurrent request committed first", HEADER, self.key)
             existing = repo.find(session, self.clinic_id, self.key)
             if existing is None:  # the other one rolled back after all: let the client retry
                 raise Conflict(
