@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, BinaryIO
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
@@ -95,8 +95,17 @@ async def _body_fingerprint(request: Request) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def _key_and_fingerprint(request: Request) -> tuple[str, str] | None:
-    key = request.headers.get(HEADER)
+async def _key_and_fingerprint(
+    request: Request,
+    key: Annotated[
+        str | None,
+        Header(
+            alias=HEADER,
+            description="any unique string (a UUID): a retry with the same key and request "
+            "answers what the first one created, and creates nothing",
+        ),
+    ] = None,
+) -> tuple[str, str] | None:
     if key is None:
         return None
     key = key.strip()

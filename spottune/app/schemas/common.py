@@ -49,11 +49,16 @@ ERROR_RESPONSES: Responses = {
     422: _error("invalid request; the message says what to fix"),
     503: _error("the database is unreachable; retry after Retry-After seconds"),
 }
+IDEMPOTENCY_RESPONSES: Responses = {
+    409: _error("the Idempotency-Key was used for a different request, or is in use right now"),
+}
 UPLOAD_RESPONSES: Responses = {
     413: _error("the upload exceeds the size limit or the clinic's storage quota"),
+    **IDEMPOTENCY_RESPONSES,
 }
 JOB_RESPONSES: Responses = {
     429: _error("the clinic already has its maximum of queued and running jobs"),
+    **IDEMPOTENCY_RESPONSES,
 }
 CONFLICT_RESPONSES: Responses = {
     409: _error("the object is used by a queued or running job, or the job already finished"),

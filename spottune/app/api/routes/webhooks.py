@@ -10,7 +10,13 @@ from sqlalchemy.orm import Session
 from spottune.app.api.deps import CurrentClinic, SessionDep, SettingsDep
 from spottune.app.api.idempotency import IdempotencyDep, register_presenter
 from spottune.app.repositories import webhooks as repo
-from spottune.app.schemas.common import ERROR_RESPONSES, LimitQuery, OffsetQuery, Page
+from spottune.app.schemas.common import (
+    ERROR_RESPONSES,
+    IDEMPOTENCY_RESPONSES,
+    LimitQuery,
+    OffsetQuery,
+    Page,
+)
 from spottune.app.schemas.webhooks import DeliveryOut, WebhookOut, WebhookRequest
 from spottune.app.services import webhooks as service
 
@@ -25,7 +31,12 @@ def _present(session: Session, clinic_id: uuid.UUID, webhook_id: uuid.UUID) -> W
 register_presenter("webhooks", _present)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=WebhookOut,
+    responses=IDEMPOTENCY_RESPONSES,
+)
 def create_webhook(
     body: WebhookRequest,
     response: Response,
