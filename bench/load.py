@@ -143,8 +143,8 @@ def main() -> None:
     import redis
 
     from spottune.app import admin
-    from spottune.app.db import create_db_engine, make_session_factory
     from spottune.app.migrate import upgrade_head
+    from spottune.core.db import create_db_engine, make_session_factory
 
     redis.Redis.from_url(args.redis).flushdb()
     name = create_database(args.postgres)

@@ -100,7 +100,7 @@ def seed(client: httpx.Client, n_scans: int, iterations: int) -> dict[str, Any]:
     """A model, annotated scans, a finished segmentation (masks) and a training adaptation."""
     from spottune.ml.checkpoint import weights_to_bytes
     from spottune.ml.config import ModelConfig
-    from spottune.ml.network import build_model
+    from spottune.ml.factory import build_model
     from spottune.ml.synthetic import make_phantom
 
     config = ModelConfig.model_validate(TINY_CONFIG)

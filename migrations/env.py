@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from spottune.app import models  # noqa: F401  (registers the tables)
-from spottune.app.db import Base, create_db_engine
-from spottune.app.settings import get_settings
+from spottune.core import models  # noqa: F401  (registers the tables)
+from spottune.core.db import Base, create_db_engine
+from spottune.core.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -18,7 +18,7 @@ import torch
 
 from spottune.ml.checkpoint import weights_to_bytes
 from spottune.ml.config import ModelConfig, Preprocessing
-from spottune.ml.network import build_model
+from spottune.ml.factory import build_model
 from tests.worker.helpers import phantom_files
 
 ROOT = Path(__file__).resolve().parents[1]

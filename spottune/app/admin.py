@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app.db import get_session_factory
-from spottune.app.models import ApiKey, Clinic, utcnow
 from spottune.app.repositories import clinics as clinic_repo
 from spottune.app.security import PREFIX_CHARS, NewKey, generate_key
-from spottune.app.settings import Settings
+from spottune.core.db import get_session_factory
+from spottune.core.models import ApiKey, Clinic, utcnow
+from spottune.core.settings import Settings
 
 
 class AdminError(ValueError):

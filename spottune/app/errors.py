@@ -88,12 +88,25 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "request"
 
 
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     problems = []
     for err in exc.errors():
         msg = str(err.get("msg", "invalid value"))
+        if err.get("type") in _RANGE_ERRORS and "input" in err:
+            msg += f", got {err['input']!r}"
         problems.append(f"{_location(tuple(err.get('loc', ())))}: {msg}")
     return "; ".join(problems[:10]) + " (fix these fields and retry)"
+
+
+def _validation_code(exc: RequestValidationError) -> str:
+    """invalid_options when only a job's options are at fault, else validation_error."""
+    locations = [tuple(err.get("loc", ())) for err in exc.errors()]
+    if locations and all(loc[:2] == ("body", "options") for loc in locations):
+        return "invalid_options"
+    return "validation_error"
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
@@ -115,7 +128,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(422, "validation_error", _validation_message(exc))
+    return error_response(422, _validation_code(exc), _validation_message(exc))
 
 
 def database_unavailable_response() -> JSONResponse:

@@ -12,10 +12,10 @@ from spottune.app.api.idempotency import IdempotentReplay, replay_handler
 from spottune.app.api.routes import health, jobs, masks, models, scans, webhooks
 from spottune.app.auth_gate import AuthGateMiddleware
 from spottune.app.conditional import ConditionalGetMiddleware
-from spottune.app.db import get_session_factory
 from spottune.app.errors import install_error_handlers
-from spottune.app.settings import Settings, get_settings
 from spottune.app.uploads import MULTIPART_SLACK, BodyLimitMiddleware
+from spottune.core.db import get_session_factory
+from spottune.core.settings import Settings, get_settings
 
 DESCRIPTION = (
     "Few-shot adaptation of brain-MRI segmentation models to a clinic's scanner. "

@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from spottune.app.settings import Settings, get_settings
+from spottune.core.settings import Settings, get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from celery import Celery
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from spottune.app.settings import Settings, get_settings
+from spottune.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

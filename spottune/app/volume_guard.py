@@ -23,10 +23,10 @@ from nibabel.nifti1 import Nifti1Header
 from nibabel.nifti2 import Nifti2Header
 
 from spottune.app.errors import Invalid
+from spottune.core.formats import GZIP_MAGIC
 
 READ_CHUNK = 1024 * 1024
 TRAILING_SLACK = 1024 * 1024  # MGH tags and stray padding after the voxel data, bytes
-GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI1_BYTES, _NIFTI2_BYTES, _MGH_BYTES = 348, 540, 284
 _COMPRESSED = (".nii.gz", ".mgz")
 _MGH_TYPES: dict[int, np.dtype] = {

@@ -49,7 +49,7 @@ def migrate() -> None:
 
 def worker_argv(queue: str, concurrency: int, pool: str, loglevel: str) -> list[str]:
     """Arguments of ``celery worker`` for this deployment's broker."""
-    from spottune.app.settings import get_settings
+    from spottune.core.settings import get_settings
 
     argv = ["worker", "-Q", queue, "-c", str(concurrency), "-P", pool, "--loglevel", loglevel]
     if get_settings().broker_url.startswith("filesystem://"):
@@ -86,7 +86,7 @@ def worker(
     ),
 ) -> None:
     """Start a Celery worker for jobs, with the reconciler and webhook threads."""
-    from spottune.app.settings import get_settings
+    from spottune.core.settings import get_settings
 
     check_gpu(queue, get_settings().worker_require_gpu if require_gpu is None else require_gpu)
     from spottune.worker.celery_app import app as celery_app
@@ -130,7 +130,7 @@ def serve(
 
     if data_dir is not None:  # passed on to the worker process through its environment
         os.environ["SPOTTUNE_DATA_DIR"] = str(data_dir.resolve())
-    from spottune.app.settings import get_settings
+    from spottune.core.settings import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()

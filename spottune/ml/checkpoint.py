@@ -18,7 +18,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from spottune.ml.config import ConfigError, ModelConfig
-from spottune.ml.network import build_model
+from spottune.ml.factory import build_model
 
 CONFIG_KEY = "spottune_config"
 _MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit

@@ -11,11 +11,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from spottune.contract import InPlaneSpacing, PolicyKind, PretrainingOptions
+
 # The deepest stage has width * 2**depth channels; beyond this a single 3x3 conv holds ~10M
 # parameters and the model no longer fits the service's memory budget.
 MAX_DEEPEST_CHANNELS = 1024
 
-SpacingMm = Annotated[float, Field(ge=0.1, le=10.0)]
 Percentile = Annotated[float, Field(ge=0.0, le=100.0)]
 
 
@@ -88,8 +89,8 @@ class Preprocessing(_Strict):
     in the uploaded array maps to exactly one prepared slice.
     """
 
-    spacing_mm: tuple[SpacingMm, SpacingMm] = (0.95, 0.95)
-    """In-plane spacing of the 2D slices (rows, cols), mm."""
+    spacing_mm: InPlaneSpacing = (0.95, 0.95)
+    """In-plane spacing of the 2D slices (rows, cols), mm; one number means both."""
     slice_axis: Literal[0, 1, 2] = 2
     """Canonical RAS axis the slices are taken along (2 = axial)."""
     clip_percentiles: tuple[Percentile, Percentile] = (1.0, 99.0)
@@ -108,7 +109,7 @@ class Preprocessing(_Strict):
 class GatingConfig(_Strict):
     """SpotTUnet gating: which policy chooses between the frozen and the trainable twins."""
 
-    policy: Literal["instance", "global"] = "instance"
+    policy: PolicyKind = "instance"
     temperature: float = Field(default=0.1, gt=0.0, le=10.0)
     """Gumbel-softmax temperature (the paper keeps 0.1 fixed)."""
     agent_stride: int | None = Field(default=None, ge=1, le=64)
@@ -167,3 +168,11 @@ class ModelConfig(_Strict):
             raise ConfigError(
                 f"invalid model config: {format_validation_error(cls, error)}"
             ) from error
+
+
+def source_model_config(options: PretrainingOptions) -> ModelConfig:
+    """The ModelConfig that pretraining `options` describe (raises if width/depth are refused)."""
+    return ModelConfig.checked(
+        width=options.width, depth=options.depth, blocks_per_stage=options.blocks_per_stage,
+        preprocessing=Preprocessing(spacing_mm=options.spacing_mm, slice_axis=options.slice_axis),
+    )

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from spottune.contract import SegmentationOptions
 from spottune.ml.config import Preprocessing
 from spottune.ml.volumes import Volume, prepare_volume, restore_to_grid
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
-DEFAULT_BATCH = 8
+DEFAULT_BATCH = SegmentationOptions().batch_size  # 8, the contract's default
 """Slices per forward pass. On a 2-core AVX-512/AMX CPU, 256x256-class slices at batch 8 ran
 1.7x faster than at batch 32 (activations of a 32-slice batch overflow the caches); on a GPU it
 is still enough to keep the device busy for this 1.5 M-parameter net (bench/speed.py)."""

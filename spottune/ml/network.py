@@ -182,20 +182,6 @@ def unet_from_config(config: ModelConfig) -> UNet:
     return UNet(config.in_channels, config.width, config.depth, config.blocks_per_stage)
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """The single factory: a UNet, or a SpotTUNet around one when `config.gating` is set.
-
-    Weights are freshly initialised; load a checkpoint's state dict into the result.
-    """
-    base = unet_from_config(config)
-    if config.gating is None:
-        return base
-    from spottune.ml.spottune import SpotTUNet  # spottune imports this module
-
-    gating = config.gating
-    return SpotTUNet(base, gating.policy, gating.temperature, agent_stride=gating.agent_stride)
-
-
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameter scalars (only those with requires_grad if `trainable_only`)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

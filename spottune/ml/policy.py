@@ -7,13 +7,12 @@ hard decisions: straight-through Gumbel-softmax while training, argmax (no noise
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PolicyKind = Literal["instance", "global"]
+from spottune.contract import PolicyKind
+
 FROZEN, TRAINABLE = 0, 1  # positions in the last axis of policy logits
 
 AGENT_INPUT_SIZE = 32

@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spottune.contract import PolicyRecord, PolicyReport
 from spottune.ml.inference import required_multiple
 from spottune.ml.policy import sample_gates, trainable_probability
 from spottune.ml.spottune import SpotTUNet
 from spottune.ml.volumes import PreparedVolume
 
 READOUT_BATCH = 32
-
-
-@dataclass
-class PolicyRecord:
-    """Per gate (same order as gate_names): frequency = share of slices whose argmax decision
-    chose the trainable twin; probability = mean softmax probability of the trainable twin."""
-
-    gate_names: list[str]
-    gate_stages: list[str]
-    frequency: list[float]
-    probability: list[float]
-    policy: str
-    lambda_reg: float | None
-    method: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _as_slices(slices: Sequence[np.ndarray] | Sequence[PreparedVolume]) -> list[np.ndarray]:
@@ -92,17 +75,7 @@ def policy_record(
 
 def stage_summary(record: PolicyRecord) -> list[dict[str, Any]]:
     """Per stage, in network order: mean fine-tune probability and frequency of its gates."""
-    order: list[str] = []
-    for stage in record.gate_stages:
-        if stage not in order:
-            order.append(stage)
-    out = []
-    for stage in order:
-        index = [i for i, s in enumerate(record.gate_stages) if s == stage]
-        out.append({"stage": stage, "gates": len(index),
-                    "finetune_probability": float(np.mean([record.probability[i] for i in index])),
-                    "frequency": float(np.mean([record.frequency[i] for i in index]))})
-    return out
+    return [stage.model_dump() for stage in PolicyReport.from_record(record).stages]
 
 
 FINETUNED = 0.5  # a stage whose gates choose the fine-tuned twin more often than this

@@ -15,19 +15,18 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from spottune.contract import METHODS, AdaptationOptions, PretrainingOptions
 from spottune.ml.baselines import (
     finetuned_units,
     freeze_except,
     reestimate_batchnorm,
     train_mode_except,
 )
-from spottune.ml.config import GatingConfig, ModelConfig, Preprocessing, SpacingMm
+from spottune.ml.config import GatingConfig, ModelConfig, source_model_config
 from spottune.ml.device import pick_device, seed_everything
 from spottune.ml.loop import (
     Cancelled,
@@ -52,7 +51,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METHODS = ("spottune", "finetune-all", "finetune-first", "finetune-last", "none")
 FINETUNE_DECAY_AT = 0.75  # paper: x0.1 at epoch 45 of 60
 SOURCE_DECAY_AT = 0.8  # paper: x0.1 at epoch 80 of 100
 
@@ -91,51 +89,10 @@ def default_lambda(n_slices: int) -> float:
     return LAMBDA_BY_SLICES[nearest]
 
 
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AdaptOptions(_Options):
-    """How to adapt. Defaults are the paper's (60 epochs x 100 batches of 16)."""
-
-    iterations: int = Field(default=6000, ge=1, le=1_000_000)
-    batch_size: int = Field(default=16, ge=1, le=512)
-    learning_rate: float | None = Field(default=None, gt=0.0, le=1.0)
-    """None: default_learning_rate(iterations)."""
-    lambda_reg: float | None = Field(default=None, ge=0.0, le=100.0)
-    """None: the paper's value for the number of annotated slices (default_lambda)."""
-    policy: Literal["instance", "global"] = "instance"
-    temperature: float = Field(default=0.1, gt=0.0, le=10.0)
-    adabn: bool = False
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    patch_size: int | None = Field(default=None, ge=8, le=2048)
-    """Side of training patches, pixels; None: whole slices (padded to the model's multiple)."""
-    policy_learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
-    """None: POLICY_LR_RATIO x the network's learning rate."""
-    policy_weight_decay: float = Field(default=1e-3, ge=0.0, le=1.0)
-    replicates: int = Field(default=1, ge=1, le=8)
-
-
-class SourceOptions(_Options):
-    """Training a U-Net from scratch (source models, the oracle). Defaults are the paper's."""
-
-    width: int = Field(default=16, ge=1, le=128)
-    depth: int = Field(default=3, ge=1, le=6)
-    blocks_per_stage: int = Field(default=3, ge=1, le=8)
-    spacing_mm: tuple[SpacingMm, SpacingMm] = (0.95, 0.95)
-    slice_axis: Literal[0, 1, 2] = 2
-    patch_size: int = Field(default=256, ge=8, le=2048)
-    iterations: int = Field(default=10_000, ge=1, le=1_000_000)
-    batch_size: int = Field(default=16, ge=1, le=512)
-    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
-
-    def to_model_config(self) -> ModelConfig:
-        """The ModelConfig these options describe (raises if width/depth are out of range)."""
-        return ModelConfig(
-            width=self.width, depth=self.depth, blocks_per_stage=self.blocks_per_stage,
-            preprocessing=Preprocessing(spacing_mm=self.spacing_mm, slice_axis=self.slice_axis),
-        )
+# The options are the job contract's (spottune.contract); these names are kept for the callers
+# written against them.
+AdaptOptions = AdaptationOptions
+SourceOptions = PretrainingOptions
 
 
 @dataclass
@@ -350,7 +307,7 @@ def train_source(
     device: torch.device | str | None = None,
 ) -> AdaptResult:
     """Train a U-Net from scratch on the annotated slices of `train` (method "scratch")."""
-    config = options.to_model_config()
+    config = source_model_config(options)
     if options.patch_size % config.size_multiple:
         raise ValueError(f"patch_size must be a multiple of {config.size_multiple}, "
                          f"got {options.patch_size}")

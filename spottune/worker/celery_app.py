@@ -16,9 +16,9 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
-from spottune.app.db import get_engine
-from spottune.app.settings import Settings, get_settings
 from spottune.app.tasks import Queue, TaskName, celery_config
+from spottune.core.db import get_engine
+from spottune.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

@@ -17,18 +17,22 @@ import logging
 import re
 import threading
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from celery import Celery
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
-from spottune.app.db import get_session_factory, session_scope
-from spottune.app.models import Job, JobStatus, utcnow
-from spottune.app.settings import Settings, get_settings
 from spottune.app.tasks import Queue, TaskName, queue_for
-from spottune.worker.runner import CANCELLED_REASON
+from spottune.contract import JobStatus
+from spottune.core.db import get_session_factory, session_scope
+from spottune.core.job_state import (
+    CANCELLED_REASON,
+    overdue_queued,
+    silent_running,
+    update_if_unchanged,
+)
+from spottune.core.models import Job, utcnow
+from spottune.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -92,24 +96,12 @@ def _send(app: Celery, job: Job) -> None:
     app.send_task(TaskName.RUN_JOB.value, args=[str(job.id)], queue=queue_for(job.params).value)
 
 
-def _cas(session: Session, job: Job, old: datetime | None, column: str, **values: object) -> bool:
-    """UPDATE the job only if ``column`` still holds ``old`` and the status is unchanged."""
-    col = getattr(Job, column)
-    guard = col.is_(None) if old is None else col == old
-    stmt = (update(Job).where(Job.id == job.id, Job.status == job.status, guard)
-            .values(**values).returning(Job.id))
-    return session.execute(stmt).scalar_one_or_none() is not None
-
-
 def _resend_lost(app: Celery, settings: Settings, report: ReconcileReport) -> None:
     now = utcnow()
     cutoff = now - resend_after(settings)
     factory = get_session_factory(settings)
     with session_scope(factory) as session:
-        jobs = list(session.scalars(
-            select(Job).where(Job.status == JobStatus.QUEUED,
-                              (Job.enqueued_at.is_(None)) | (Job.enqueued_at < cutoff))
-            .order_by(Job.created_at).limit(BATCH)))
+        jobs = overdue_queued(session, cutoff, BATCH)
     if not jobs:
         return
     waiting = queued_in_broker(app)
@@ -118,11 +110,13 @@ def _resend_lost(app: Celery, settings: Settings, report: ReconcileReport) -> No
             continue
         with session_scope(factory) as session:
             if job.cancel_requested:
-                if _cas(session, job, job.enqueued_at, "enqueued_at",
-                        status=JobStatus.CANCELLED, finished_at=now, error=CANCELLED_REASON):
+                if update_if_unchanged(session, job, "enqueued_at", job.enqueued_at,
+                                       status=JobStatus.CANCELLED, finished_at=now,
+                                       error=CANCELLED_REASON):
                     report.cancelled += 1
                 continue
-            if not _cas(session, job, job.enqueued_at, "enqueued_at", enqueued_at=now):
+            if not update_if_unchanged(session, job, "enqueued_at", job.enqueued_at,
+                                       enqueued_at=now):
                 continue  # another reconciler (or the API) got there first
         logger.warning("job %s: queued since %s with no message in the broker; re-sending",
                        job.id, job.enqueued_at)
@@ -135,27 +129,28 @@ def _repair_stale(app: Celery, settings: Settings, report: ReconcileReport) -> N
     stale = now - timedelta(seconds=settings.heartbeat_timeout_s)
     factory = get_session_factory(settings)
     with session_scope(factory) as session:
-        jobs = list(session.scalars(
-            select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale)
-            .order_by(Job.heartbeat_at).limit(BATCH)))
+        jobs = silent_running(session, stale, BATCH)
     for job in jobs:
         silent = f"no heartbeat for {settings.heartbeat_timeout_s:.0f} s"
         with session_scope(factory) as session:
             if job.cancel_requested:
-                if _cas(session, job, job.heartbeat_at, "heartbeat_at",
-                        status=JobStatus.CANCELLED, finished_at=now, error=CANCELLED_REASON):
+                if update_if_unchanged(session, job, "heartbeat_at", job.heartbeat_at,
+                                       status=JobStatus.CANCELLED, finished_at=now,
+                                       error=CANCELLED_REASON):
                     report.cancelled += 1
                 continue
             if job.attempts >= settings.job_max_attempts:
                 reason = (f"WorkerLost: the worker running this job stopped ({silent}) on each of "
                           f"{job.attempts} attempts; giving up")
-                if _cas(session, job, job.heartbeat_at, "heartbeat_at", status=JobStatus.FAILED,
-                        error=reason, finished_at=now, eta_seconds=None):
+                if update_if_unchanged(session, job, "heartbeat_at", job.heartbeat_at,
+                                       status=JobStatus.FAILED, error=reason,
+                                       finished_at=now, eta_seconds=None):
                     logger.error("job %s failed: %s", job.id, reason)
                     report.failed += 1
                 continue
-            if not _cas(session, job, job.heartbeat_at, "heartbeat_at", status=JobStatus.QUEUED,
-                        enqueued_at=now, worker=None, eta_seconds=None):
+            if not update_if_unchanged(session, job, "heartbeat_at", job.heartbeat_at,
+                                       status=JobStatus.QUEUED, enqueued_at=now,
+                                       worker=None, eta_seconds=None):
                 continue
         logger.warning("job %s: worker %s lost (%s), attempt %d of %d; re-queued",
                        job.id, job.worker, silent, job.attempts, settings.job_max_attempts)

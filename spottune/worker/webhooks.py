@@ -26,11 +26,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from spottune import signing
 from spottune.app.api.presenters import job_out
-from spottune.app.db import get_session_factory, session_scope
-from spottune.app.models import DeliveryStatus, Job, Webhook, WebhookDelivery, utcnow
 from spottune.app.repositories import webhooks as repo
 from spottune.app.services.webhooks import UnsafeAddress, check_destination
-from spottune.app.settings import Settings, get_settings
+from spottune.core.db import get_session_factory, session_scope
+from spottune.core.models import DeliveryStatus, Job, Webhook, WebhookDelivery, utcnow
+from spottune.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

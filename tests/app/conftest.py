@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app.db import create_db_engine, make_session_factory
 from spottune.app.main import create_app
 from spottune.app.migrate import upgrade_head
-from spottune.app.settings import Settings
+from spottune.core.db import create_db_engine, make_session_factory
+from spottune.core.settings import Settings
 from tests.app.helpers import ClinicCtx, make_clinic, phantom_bytes, tiny_weights
 from tests.services import REDIS_PORT
 

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.app import admin
-from spottune.app.models import Blob, BlobChunk, Job, Model, Scan
+from spottune.core.models import Blob, BlobChunk, Job, Model, Scan
 
 
 @dataclass
@@ -69,7 +69,7 @@ TINY_CONFIG = {"width": 4, "depth": 2, "blocks_per_stage": 1}
 def tiny_weights(config: dict[str, object] | None = None) -> bytes:
     from spottune.ml.checkpoint import weights_to_bytes
     from spottune.ml.config import ModelConfig
-    from spottune.ml.network import build_model
+    from spottune.ml.factory import build_model
 
     cfg = ModelConfig.model_validate(config or TINY_CONFIG)
     return weights_to_bytes(build_model(cfg), cfg)

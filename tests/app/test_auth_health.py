@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.app import admin
 from spottune.app.main import create_app
-from spottune.app.settings import Settings
+from spottune.core.settings import Settings
 from tests.app.helpers import ClinicCtx
 
 

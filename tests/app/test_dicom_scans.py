@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app.blobs import write_blob
-from spottune.app.models import Blob, BlobChunk, Job, JobKind, JobStatus, Mask, Scan, ScanDicom
+from spottune.core.blobs import write_blob
+from spottune.core.models import Blob, BlobChunk, Job, JobKind, JobStatus, Mask, Scan, ScanDicom
 from spottune.ml.dicom import read_series
 from spottune.ml.dicom_seg import mask_to_seg
 from tests.app.helpers import ClinicCtx, nifti_bytes

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from spottune.app.db import create_db_engine, make_session_factory
 from spottune.app.main import create_app
-from spottune.app.settings import Settings
+from spottune.core.db import create_db_engine, make_session_factory
+from spottune.core.settings import Settings
 from tests.app.conftest import alembic_upgrade
 from tests.app.helpers import make_clinic, upload_model, upload_scan
 

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app import blobs
-from spottune.app.models import Mask
+from spottune.core import blobs
+from spottune.core.models import Mask
 from tests.app.helpers import ClinicCtx, counts, upload_model, upload_scan
 
 ENDPOINTS = [

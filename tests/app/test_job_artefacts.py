@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app import blobs
-from spottune.app.models import Job, JobStatus, Mask, Policy, Report
+from spottune.core import blobs
+from spottune.core.models import Job, JobStatus, Mask, Policy, Report
 from tests.app.helpers import ClinicCtx
 from tests.app.test_jobs import _setup
+
+# as the worker stores it (spottune.contract.PolicyRecord.to_dict())
+RECORD = {
+    "gate_names": ["init.conv", "init.block0", "out.conv"], "gate_stages": ["init", "init", "out"],
+    "frequency": [1.0, 0.0, 0.25], "probability": [0.8, 0.2, 0.3], "policy": "instance",
+    "lambda_reg": 0.01, "method": "spottune",
+}
 
 
 def test_artefacts(
@@ -47,10 +55,19 @@ def test_artefacts(
                 blob_id=mask_blob.id,
             )
         )
-        session.add(Policy(job_id=jid, data={"gate_names": ["init.conv"], "frequency": [0.5]}))
+        session.add(Policy(job_id=jid, data=RECORD))
         session.add(Report(job_id=jid, html_blob_id=html.id, png_blob_id=png.id))
     policy = client.get(f"/v1/jobs/{job_id}/policy", headers=clinic_a.headers).json()
-    assert policy["policy"]["gate_names"] == ["init.conv"]
+    assert policy["job_id"] == job_id
+    assert (policy["method"], policy["policy"], policy["lambda_reg"]) == ("spottune", "instance",
+                                                                         0.01)
+    assert policy["gates"][0] == {"name": "init.conv", "stage": "init",
+                                  "finetune_probability": 0.8, "frequency": 1.0}
+    assert [s["stage"] for s in policy["stages"]] == ["init", "out"]
+    assert policy["stages"][0]["gates"] == 2
+    assert policy["stages"][0]["finetune_probability"] == pytest.approx(0.5)
+    assert policy["stages"][0]["frequency"] == pytest.approx(0.5)
+    assert policy["finetuned_gates"] == ["init.conv"]
     r = client.get(f"/v1/jobs/{job_id}/report", headers=clinic_a.headers)
     assert r.headers["content-type"].startswith("text/html") and b"report" in r.content
     r = client.get(f"/v1/jobs/{job_id}/report.png", headers=clinic_a.headers)

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.app.main import create_app
-from spottune.app.models import Job, JobStatus, utcnow
-from spottune.app.settings import Settings
+from spottune.core.models import Job, JobStatus, utcnow
+from spottune.core.settings import Settings
 from tests.app.helpers import ClinicCtx, counts, upload_model, upload_scan
 
 

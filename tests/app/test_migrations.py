@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from spottune.app.db import Base, create_db_engine
+from spottune.core.db import Base, create_db_engine
 from tests.app.conftest import alembic_upgrade
 
 EXPECTED = {

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.app.main import create_app
-from spottune.app.settings import Settings
+from spottune.core.settings import Settings
 from tests.app.helpers import ClinicCtx
 
 SECRET = "a-long-shared-secret"

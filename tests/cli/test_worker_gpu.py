@@ -6,8 +6,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from spottune.app.settings import get_settings
 from spottune.cli.main import app
+from spottune.core.settings import get_settings
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -19,8 +19,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.app import admin
-from spottune.app.db import create_db_engine, make_session_factory
 from spottune.app.migrate import upgrade_head
+from spottune.core.db import create_db_engine, make_session_factory
 from tests.faults.services import (
     PG_BIN,
     PrivatePostgres,

@@ -31,7 +31,7 @@ def nifti_gz(array: np.ndarray) -> bytes:
 def upload_model(http: httpx.Client) -> str:
     from spottune.ml.checkpoint import weights_to_bytes
     from spottune.ml.config import ModelConfig
-    from spottune.ml.network import build_model
+    from spottune.ml.factory import build_model
 
     config = ModelConfig.model_validate(TINY_CONFIG)
     weights = weights_to_bytes(build_model(config), config)

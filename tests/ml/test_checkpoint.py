@@ -17,7 +17,8 @@ from spottune.ml.checkpoint import (
     weights_to_bytes,
 )
 from spottune.ml.config import GatingConfig, ModelConfig
-from spottune.ml.network import UNet, build_model
+from spottune.ml.factory import build_model
+from spottune.ml.network import UNet
 
 PLAIN = ModelConfig(width=4, depth=2, blocks_per_stage=1)
 GATED = PLAIN.model_copy(update={"gating": GatingConfig(policy="instance")})

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from spottune.ml.config import ModelConfig, Preprocessing
+from spottune.ml.factory import build_model
 from spottune.ml.inference import (
     HEAD_MARGIN,
     head_bounding_box,
@@ -17,7 +18,6 @@ from spottune.ml.inference import (
     segment_volume,
 )
 from spottune.ml.metrics import dice
-from spottune.ml.network import build_model
 from spottune.ml.volumes import Volume
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from spottune.ml.config import GatingConfig, ModelConfig
-from spottune.ml.network import UNet, build_model, count_parameters
+from spottune.ml.factory import build_model
+from spottune.ml.network import UNet, count_parameters
 from spottune.ml.spottune import SpotTUNet
 
 # (UNet arguments, input shape, expected output shape)

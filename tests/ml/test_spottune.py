@@ -3,12 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spottune.contract import POLICY_KINDS, PolicyKind
 from spottune.ml.loop import nesterov_sgd, train_step
 from spottune.ml.network import UNet
 from spottune.ml.policy import GlobalPolicy
 from spottune.ml.spottune import SpotTUNet, _GateMix
-
-PolicyKind = str
 
 
 def tiny_base(seed: int = 0) -> UNet:
@@ -43,7 +42,7 @@ def test_shapes_and_hard_gates(policy: PolicyKind, in_shape: tuple[int, ...],
     assert model(torch.rand(in_shape)).shape == out_shape
 
 
-@pytest.mark.parametrize("policy", ["instance", "global"])
+@pytest.mark.parametrize("policy", POLICY_KINDS)
 def test_gradients_reach_policy_and_trainable_twins_only(policy: PolicyKind) -> None:
     model = SpotTUNet(tiny_base(), policy).train()  # type: ignore[arg-type]
     logits, gates = model.forward_with_gates(torch.rand(4, 1, 32, 32))
@@ -63,7 +62,7 @@ def test_gate_names_and_state_dict_layout() -> None:
     assert "policy.logits" in keys
 
 
-@pytest.mark.parametrize("policy", ["instance", "global"])
+@pytest.mark.parametrize("policy", POLICY_KINDS)
 def test_frozen_twins_are_bit_identical_after_training(policy: PolicyKind) -> None:
     torch.manual_seed(0)
     base = tiny_base()
@@ -87,7 +86,7 @@ def test_frozen_twins_are_bit_identical_after_training(policy: PolicyKind) -> No
         assert torch.equal(value, before[key]), key
 
 
-@pytest.mark.parametrize("policy", ["instance", "global"])
+@pytest.mark.parametrize("policy", POLICY_KINDS)
 def test_untrained_model_in_eval_mode_equals_the_source(policy: PolicyKind) -> None:
     base = tiny_base()
     model = SpotTUNet(base, policy).eval()  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from spottune.app.settings import Settings
+from spottune.core.settings import Settings
 from tests.app.conftest import (  # noqa: F401  (fixtures are found by name)
     MAX_UPLOAD,
     _clean_tables,

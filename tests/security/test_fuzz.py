@@ -26,10 +26,10 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app import blobs
 from spottune.app.main import create_app
-from spottune.app.models import Mask
-from spottune.app.settings import Settings
+from spottune.core import blobs
+from spottune.core.models import Mask
+from spottune.core.settings import Settings
 from tests.app.helpers import ClinicCtx, upload_model, upload_scan
 
 MAX_EXAMPLES = 20

@@ -17,11 +17,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app import admin, blobs, security
+from spottune.app import admin, security
 from spottune.app.api import deps
 from spottune.app.main import create_app
-from spottune.app.models import Mask
-from spottune.app.settings import Settings
+from spottune.core import blobs
+from spottune.core.models import Mask
+from spottune.core.settings import Settings
 from tests.app.helpers import ClinicCtx, counts, make_clinic, upload_model, upload_scan
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from spottune.app.settings import Settings
+from spottune.core.settings import Settings
 from tests.app.helpers import ClinicCtx
 
 ROOT = Path(__file__).resolve().parents[2]

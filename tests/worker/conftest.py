@@ -68,11 +68,11 @@ def service_env(
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
-    from spottune.app.settings import get_settings
+    from spottune.core.settings import get_settings
 
     get_settings.cache_clear()
     yield env
-    from spottune.app.db import get_engine
+    from spottune.core.db import get_engine
 
     get_engine().dispose()  # this run's database is dropped next
     for key, value in saved.items():
@@ -112,6 +112,6 @@ def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="package")
 def factory(service_env: dict[str, str]) -> sessionmaker[Session]:
-    from spottune.app.db import get_session_factory
+    from spottune.core.db import get_session_factory
 
     return get_session_factory()

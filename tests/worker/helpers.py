@@ -13,11 +13,11 @@ import nibabel as nib
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app.blobs import write_blob
-from spottune.app.models import Clinic, Job, JobKind, JobStatus, Model, Scan, utcnow
+from spottune.core.blobs import write_blob
+from spottune.core.models import Clinic, Job, JobKind, JobStatus, Model, Scan, utcnow
 from spottune.ml.checkpoint import weights_to_bytes
 from spottune.ml.config import ModelConfig, Preprocessing
-from spottune.ml.network import build_model
+from spottune.ml.factory import build_model
 from spottune.ml.synthetic import make_phantom
 
 SHAPE = (32, 32, 16)  # voxels; 1 mm isotropic

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from spottune.contract import METHODS
 from tests.worker.helpers import SHAPE, TINY_ADAPT, TINY_SOURCE, phantom_files
-
-METHODS = ("spottune", "finetune-all", "finetune-first", "finetune-last", "none")
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +95,11 @@ def test_pretrain_adapt_with_each_method_and_segment(client: TestClient) -> None
         assert client.get(f"/v1/jobs/{job_id}/report.png").content[:4] == b"\x89PNG"
 
     spottune_job = next(j for j, m in jobs.items() if m == "spottune")
-    policy = client.get(f"/v1/jobs/{spottune_job}/policy").json()["policy"]
-    assert len(policy["gate_names"]) == len(policy["frequency"]) > 0
-    assert policy["method"] == "spottune"
+    policy = client.get(f"/v1/jobs/{spottune_job}/policy").json()
+    assert len(policy["gates"]) > 0 and policy["gates"][0]["name"] == "init.conv"
+    assert all(0.0 <= g["finetune_probability"] <= 1.0 for g in policy["gates"])
+    assert {s["stage"] for s in policy["stages"]} == {g["stage"] for g in policy["gates"]}
+    assert (policy["method"], policy["policy"]) == ("spottune", "instance")
 
     segment = _submit(client, "/v1/segmentations", {
         "model_id": results[spottune_job]["model_id"], "scan_ids": targets})

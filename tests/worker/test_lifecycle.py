@@ -6,8 +6,8 @@ import time
 
 from sqlalchemy import func, select, update
 
-from spottune.app.models import Job, JobKind, JobStatus, Mask, Model
 from spottune.app.tasks import send_run_job
+from spottune.core.models import Job, JobKind, JobStatus, Mask, Model
 from spottune.worker import runner
 from tests.worker.helpers import (
     TINY_SOURCE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from spottune.app.models import JobKind, JobStatus, Mask
+from spottune.core.models import JobKind, JobStatus, Mask
 from tests.worker.helpers import add_clinic, add_job, add_model, add_scan, wait_job
 
 

@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 from sqlalchemy import select
 
-from spottune.app.blobs import read_blob
-from spottune.app.models import JobKind, JobStatus, Mask, Metric
 from spottune.app.tasks import send_run_job
+from spottune.core.blobs import read_blob
+from spottune.core.models import JobKind, JobStatus, Mask, Metric
 from tests.worker.helpers import SHAPE, add_clinic, add_job, add_model, add_scan, wait_job
 
 

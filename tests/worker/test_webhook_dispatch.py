@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from spottune import signing
-from spottune.app.models import (
+from spottune.core.models import (
     DeliveryStatus,
     JobKind,
     JobStatus,
@@ -19,7 +19,7 @@ from spottune.app.models import (
     WebhookDelivery,
     utcnow,
 )
-from spottune.app.settings import get_settings
+from spottune.core.settings import get_settings
 from spottune.worker.webhooks import backoff_s, dispatch_once
 from tests.receiver import Receiver
 from tests.worker.helpers import add_clinic, add_job

@@ -10,10 +10,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.app.errors import Unauthorized
-from spottune.app.models import Clinic
 from spottune.app.repositories import clinics as clinic_repo
 from spottune.app.security import PREFIX_CHARS, key_matches, looks_like_key
-from spottune.app.settings import Settings
+from spottune.core.models import Clinic
+from spottune.core.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="API key from `spottune admin create-clinic`")
 

@@ -7,10 +7,10 @@ import uuid
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app.blobs import iter_blob, read_blob
 from spottune.app.conditional import not_modified
 from spottune.app.errors import NotFound
-from spottune.app.models import Blob
+from spottune.core.blobs import iter_blob, read_blob
+from spottune.core.models import Blob
 
 INLINE_MAX_BYTES = 8 * 1024 * 1024  # masks, reports, small models: read at once
 

@@ -32,8 +32,8 @@ from starlette.datastructures import UploadFile
 
 from spottune.app.api.deps import CurrentClinic, SessionDep
 from spottune.app.errors import ApiError, Conflict, Invalid, NotFound
-from spottune.app.models import IdempotencyKey
 from spottune.app.repositories import idempotency as repo
+from spottune.core.models import IdempotencyKey
 
 logger = logging.getLogger(__name__)
 

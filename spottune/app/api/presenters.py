@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from spottune.app.models import Blob, Job, Model, Scan, ScanDicom
 from spottune.app.schemas.jobs import JobOut, ProgressOut
 from spottune.app.schemas.models import ModelOut
 from spottune.app.schemas.scans import DicomOut, ScanOut
+from spottune.contract import JobResult
+from spottune.core.models import Blob, Job, Model, Scan, ScanDicom
 
 
 def model_out(session: Session, model: Model) -> ModelOut:
@@ -59,7 +60,7 @@ def job_out(job: Job) -> JobOut:
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
         error=job.error,
-        result=job.result,
+        result=None if job.result is None else JobResult.model_validate(job.result),
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from spottune.app.models import ApiKey, Clinic
+from spottune.core.models import ApiKey, Clinic
 
 
 def keys_with_prefix(session: Session, prefix: str) -> list[tuple[ApiKey, Clinic]]:

@@ -7,7 +7,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from spottune.app.models import IdempotencyKey
+from spottune.core.models import IdempotencyKey
 
 
 def find(session: Session, clinic_id: uuid.UUID, key: str) -> IdempotencyKey | None:

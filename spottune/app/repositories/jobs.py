@@ -8,18 +8,9 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from spottune.app.models import (
-    ACTIVE_STATUSES,
-    Job,
-    JobKind,
-    JobStatus,
-    Mask,
-    Metric,
-    Model,
-    Policy,
-    Report,
-)
-from spottune.app.repositories.common import get_owned, paginate
+from spottune.contract import ACTIVE_STATUSES, JobKind, JobStatus
+from spottune.core.models import Job, Mask, Metric, Model, Policy, Report
+from spottune.core.queries import get_owned, paginate
 
 
 def get(session: Session, clinic_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:

@@ -7,8 +7,8 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from spottune.app.models import Model
-from spottune.app.repositories.common import get_owned, paginate
+from spottune.core.models import Model
+from spottune.core.queries import get_owned, paginate
 
 
 def get(session: Session, clinic_id: uuid.UUID, model_id: uuid.UUID) -> Model | None:

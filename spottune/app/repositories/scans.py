@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from spottune.app.models import Mask, Metric, Scan
-from spottune.app.repositories.common import get_owned, paginate
+from spottune.core.models import Mask, Metric, Scan
+from spottune.core.queries import get_owned, paginate
 
 
 def get(session: Session, clinic_id: uuid.UUID, scan_id: uuid.UUID) -> Scan | None:

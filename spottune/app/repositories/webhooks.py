@@ -8,14 +8,14 @@ from datetime import datetime
 from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from spottune.app.models import (
+from spottune.core.models import (
     DeliveryStatus,
     Job,
     JobStatus,
     Webhook,
     WebhookDelivery,
 )
-from spottune.app.repositories.common import get_owned, paginate
+from spottune.core.queries import get_owned, paginate
 
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 

@@ -1,45 +1,39 @@
-"""Job requests (adaptation, segmentation, pretraining) and job, mask and policy resources."""
+"""Job requests (adaptation, segmentation, pretraining) and job, mask and policy resources.
+
+Request bodies are the job contract's params models: the options a clinic may send, with their
+defaults and bounds, are defined once in :mod:`spottune.contract` and shown in /openapi.json.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from spottune.app.models import JobKind, JobStatus
 from spottune.app.schemas.common import OrmModel
-
-MAX_SCANS_PER_JOB = 500
-Method = Literal["spottune", "finetune-all", "finetune-first", "finetune-last", "none"]
-Device = Literal["gpu", "cpu"]
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    device: Device = Field(
-        default="gpu", description="which workers run it: gpu (default) or cpu (its own queue)"
-    )
+from spottune.contract import (
+    AdaptationParams,
+    JobKind,
+    JobResult,
+    JobStatus,
+    PolicyReport,
+    PretrainingParams,
+    SegmentationParams,
+)
 
 
-class AdaptationRequest(_Request):
-    model_id: uuid.UUID
-    train_scan_ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_SCANS_PER_JOB)
-    target_scan_ids: list[uuid.UUID] = Field(default_factory=list, max_length=MAX_SCANS_PER_JOB)
-    method: Method = "spottune"
-    options: dict[str, Any] = Field(default_factory=dict)
+class AdaptationRequest(AdaptationParams):
+    """Adapt a model to the clinic's scanner; `method` spottune by default."""
 
 
-class SegmentationRequest(_Request):
-    model_id: uuid.UUID
-    scan_ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_SCANS_PER_JOB)
+class SegmentationRequest(SegmentationParams):
+    """Segment scans with a model (inference only)."""
 
 
-class PretrainingRequest(_Request):
-    train_scan_ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_SCANS_PER_JOB)
-    options: dict[str, Any] = Field(default_factory=dict)
+class PretrainingRequest(PretrainingParams):
+    """Train a source model from annotated scans."""
 
 
 class ProgressOut(BaseModel):
@@ -58,7 +52,7 @@ class JobOut(BaseModel):
     attempts: int
     cancel_requested: bool
     error: str | None
-    result: dict[str, Any] | None
+    result: JobResult | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -81,6 +75,7 @@ class MetricOut(OrmModel):
     hd95: float | None
 
 
-class PolicyOut(BaseModel):
+class PolicyOut(PolicyReport):
+    """The policy a SpotTUnet adaptation learned: per gate, per stage, lambda and method."""
+
     job_id: uuid.UUID
-    policy: dict[str, Any]

@@ -7,8 +7,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from spottune.app.models import DeliveryStatus
 from spottune.app.schemas.common import OrmModel
+from spottune.core.models import DeliveryStatus
 
 MIN_SECRET_CHARS = 16
 

@@ -17,14 +17,14 @@ import nibabel as nib
 import numpy as np
 from sqlalchemy.orm import Session
 
-from spottune.app import blobs
 from spottune.app.dicom_zip import unpack_series_zip
 from spottune.app.errors import Invalid
-from spottune.app.models import Mask, Scan, ScanDicom
 from spottune.app.services.quota import check_storage
-from spottune.app.settings import Settings
 from spottune.app.uploads import pick_suffix, spool
 from spottune.app.volume_guard import check_volume_file
+from spottune.core import blobs
+from spottune.core.models import Mask, Scan, ScanDicom
+from spottune.core.settings import Settings
 from spottune.ml.labels import LabelError, LabelSet, binarize
 
 if TYPE_CHECKING:  # the ml modules import torch; the API loads them only when it needs them

@@ -6,31 +6,21 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from spottune.app.errors import Conflict, Invalid, NotFound
-from spottune.app.models import Job, JobKind, JobStatus, Scan, utcnow
 from spottune.app.repositories import jobs as job_repo
 from spottune.app.repositories import scans as scan_repo
-from spottune.app.schemas.jobs import AdaptationRequest, PretrainingRequest, SegmentationRequest
 from spottune.app.services.models import get_model
 from spottune.app.services.quota import check_concurrency
-from spottune.app.settings import Settings
 from spottune.app.tasks import enqueue_after_commit, queue_for
+from spottune.contract import AdaptationParams, PretrainingParams, SegmentationParams
+from spottune.core import job_state
+from spottune.core.models import Job, JobKind, Scan
+from spottune.core.settings import Settings
+from spottune.ml.config import ConfigError, source_model_config
 
 _RAS_AXIS = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
-
-
-def _options(model: type[BaseModel], raw: dict[str, Any]) -> dict[str, Any]:
-    from spottune.ml.config import format_validation_error
-
-    try:
-        return model.model_validate(raw).model_dump(mode="json")
-    except ValidationError as exc:
-        raise Invalid(
-            f"options: {format_validation_error(model, exc)}", code="invalid_options"
-        ) from None
 
 
 def _scans(
@@ -77,76 +67,62 @@ def _submit(
     params: dict[str, Any],
 ) -> Job:
     check_concurrency(session, settings, clinic_id)
-    now = utcnow()
-    job = Job(
-        id=uuid.uuid4(),
-        clinic_id=clinic_id,
-        kind=kind,
-        status=JobStatus.QUEUED,
-        params=params,
-        progress_step=0,
-        progress_total=0,
-        attempts=0,
-        cancel_requested=False,
-        created_at=now,
-        enqueued_at=now,
-    )
-    session.add(job)
-    session.flush()
+    job = job_state.create(session, clinic_id, kind, params)
     enqueue_after_commit(session, job.id, settings, queue_for(params))
     return job
 
 
-def create_adaptation(
-    session: Session, settings: Settings, clinic_id: uuid.UUID, req: AdaptationRequest
-) -> Job:
-    from spottune.ml.train import AdaptOptions
+def _ids(scans: Sequence[Scan]) -> list[uuid.UUID]:
+    return [s.id for s in scans]
 
+
+def create_adaptation(
+    session: Session, settings: Settings, clinic_id: uuid.UUID, req: AdaptationParams
+) -> Job:
     model = get_model(session, clinic_id, req.model_id)
-    if not req.train_scan_ids and req.method != "none":
-        raise Invalid("train_scan_ids: give at least one annotated scan", code="invalid_request")
     train = _scans(session, clinic_id, req.train_scan_ids, "train_scan_ids", need_mask=True)
     target = _scans(session, clinic_id, req.target_scan_ids, "target_scan_ids", need_mask=False)
+    validation = _scans(session, clinic_id, req.validation_scan_ids, "validation_scan_ids",
+                        need_mask=True)
+    overlap = sorted(str(i) for i in set(_ids(train)) & set(_ids(validation)))
+    if overlap:
+        raise Invalid(
+            f"validation_scan_ids: scans {overlap} are also in train_scan_ids; validation scans "
+            "must be kept out of training",
+            code="invalid_request",
+        )
     slice_axis = int(model.config.get("preprocessing", {}).get("slice_axis", 2))
     _check_slices(train, slice_axis, "train_scan_ids")
-    params = {
-        "model_id": str(model.id),
-        "train_scan_ids": [str(s.id) for s in train],
-        "target_scan_ids": [str(s.id) for s in target],
-        "method": req.method,
-        "options": _options(AdaptOptions, req.options),
-        "device": req.device,
-    }
-    return _submit(session, settings, clinic_id, JobKind.ADAPTATION, params)
+    params = req.model_copy(update={
+        "model_id": model.id, "train_scan_ids": _ids(train), "target_scan_ids": _ids(target),
+        "validation_scan_ids": _ids(validation),
+    })
+    return _submit(session, settings, clinic_id, JobKind.ADAPTATION,
+                   params.model_dump(mode="json"))
 
 
 def create_segmentation(
-    session: Session, settings: Settings, clinic_id: uuid.UUID, req: SegmentationRequest
+    session: Session, settings: Settings, clinic_id: uuid.UUID, req: SegmentationParams
 ) -> Job:
     model = get_model(session, clinic_id, req.model_id)
     scans = _scans(session, clinic_id, req.scan_ids, "scan_ids", need_mask=False)
-    params = {
-        "model_id": str(model.id),
-        "scan_ids": [str(s.id) for s in scans],
-        "device": req.device,
-    }
-    return _submit(session, settings, clinic_id, JobKind.SEGMENTATION, params)
+    params = req.model_copy(update={"model_id": model.id, "scan_ids": _ids(scans)})
+    return _submit(session, settings, clinic_id, JobKind.SEGMENTATION,
+                   params.model_dump(mode="json"))
 
 
 def create_pretraining(
-    session: Session, settings: Settings, clinic_id: uuid.UUID, req: PretrainingRequest
+    session: Session, settings: Settings, clinic_id: uuid.UUID, req: PretrainingParams
 ) -> Job:
-    from spottune.ml.train import SourceOptions
-
-    options = _options(SourceOptions, req.options)
+    try:
+        source_model_config(req.options)
+    except ConfigError as exc:  # e.g. width * 2**depth too large: refused before queueing
+        raise Invalid(f"options: {exc}", code="invalid_options") from None
     train = _scans(session, clinic_id, req.train_scan_ids, "train_scan_ids", need_mask=True)
-    _check_slices(train, int(options.get("slice_axis", 2)), "train_scan_ids")
-    params = {
-        "train_scan_ids": [str(s.id) for s in train],
-        "options": options,
-        "device": req.device,
-    }
-    return _submit(session, settings, clinic_id, JobKind.PRETRAINING, params)
+    _check_slices(train, req.options.slice_axis, "train_scan_ids")
+    params = req.model_copy(update={"train_scan_ids": _ids(train)})
+    return _submit(session, settings, clinic_id, JobKind.PRETRAINING,
+                   params.model_dump(mode="json"))
 
 
 def get_job(session: Session, clinic_id: uuid.UUID, job_id: uuid.UUID) -> Job:
@@ -165,10 +141,5 @@ def cancel_job(session: Session, clinic_id: uuid.UUID, job_id: uuid.UUID) -> Job
         raise Conflict(
             f"job {job_id} already {job.status.value}; nothing to cancel", code="job_finished"
         )
-    if job.status == JobStatus.QUEUED:
-        job.status = JobStatus.CANCELLED
-        job.finished_at = utcnow()
-        job.error = "cancelled by the clinic"
-    job.cancel_requested = True
-    session.flush()
+    job_state.request_cancel(session, job)
     return job

@@ -11,14 +11,14 @@ from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
-from spottune.app import blobs
 from spottune.app.errors import Conflict, Invalid, NotFound, TooLarge
-from spottune.app.models import Model
 from spottune.app.repositories import jobs as job_repo
 from spottune.app.repositories import models as model_repo
 from spottune.app.services.quota import check_storage
-from spottune.app.settings import Settings
 from spottune.app.uploads import spool
+from spottune.core import blobs
+from spottune.core.models import Model
+from spottune.core.settings import Settings
 
 WEIGHTS_CONTENT_TYPE = "application/vnd.safetensors"
 MAX_CONFIG_BYTES = 64 * 1024

@@ -6,11 +6,11 @@ import uuid
 
 from sqlalchemy.orm import Session
 
-from spottune.app.blobs import clinic_stored_bytes
 from spottune.app.errors import TooLarge, TooManyJobs
 from spottune.app.repositories import clinics as clinic_repo
 from spottune.app.repositories import jobs as job_repo
-from spottune.app.settings import Settings
+from spottune.core.blobs import clinic_stored_bytes
+from spottune.core.settings import Settings
 
 
 def check_storage(

@@ -12,26 +12,20 @@ import nibabel as nib
 import numpy as np
 from sqlalchemy.orm import Session
 
-from spottune.app import blobs
 from spottune.app.errors import Conflict, Invalid, NotFound
-from spottune.app.models import Scan
 from spottune.app.repositories import jobs as job_repo
 from spottune.app.repositories import scans as scan_repo
 from spottune.app.services import dicom_scans
 from spottune.app.services.quota import check_storage
-from spottune.app.settings import Settings
 from spottune.app.uploads import pick_suffix, spool
 from spottune.app.volume_guard import check_volume_file
+from spottune.core import blobs
+from spottune.core.formats import CONTENT_TYPES, VOLUME_SUFFIXES
+from spottune.core.models import Scan
+from spottune.core.settings import Settings
 from spottune.ml.labels import LabelError, LabelSet, parse_labels
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz")
 IMAGE_SUFFIXES = (*VOLUME_SUFFIXES, dicom_scans.DICOM_ZIP)
-CONTENT_TYPES = {
-    ".nii": "application/x-nifti",
-    ".nii.gz": "application/gzip",
-    ".mgz": "application/x-mgh+gzip",
-}
-SUFFIX_OF = {v: k for k, v in CONTENT_TYPES.items()}
 MAX_LABEL = 200
 
 

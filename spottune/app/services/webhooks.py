@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session
 
 from spottune.app.errors import Invalid, NotFound
-from spottune.app.models import Webhook
 from spottune.app.repositories import webhooks as repo
 from spottune.app.schemas.webhooks import WebhookRequest
-from spottune.app.settings import Settings
+from spottune.core.models import Webhook
+from spottune.core.settings import Settings
 
 MAX_WEBHOOKS_PER_CLINIC = 20
 

@@ -1,4 +1,4 @@
-"""Adaptation job: ``{model_id, train_scan_ids, target_scan_ids, method, options}``.
+"""Adaptation job (:class:`spottune.contract.AdaptationParams`).
 
 Adapts the base model on the annotated train scans, segments every target scan with the adapted
 model (and, where a target has a full mask, with the base model too: Dice before vs after),
@@ -14,15 +14,17 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from spottune.app.db import session_scope
+from spottune.contract import AdaptationParams, ScanScore
+from spottune.core.db import session_scope
 from spottune.ml.checkpoint import weights_to_bytes
 from spottune.ml.config import Preprocessing
 from spottune.ml.inference import segment_volume
 from spottune.ml.network import UNet
 from spottune.ml.report import overlay_png, policy_chart_png, render_report_html, training_curve_png
 from spottune.ml.spottune import SpotTUNet
-from spottune.ml.train import AdaptOptions, AdaptResult, PolicyRecord, adapt, policy_record
+from spottune.ml.train import AdaptResult, PolicyRecord, adapt, policy_record
 from spottune.ml.volumes import mask_to_nifti_bytes, prepare_volume
+from spottune.worker.context import JobContext
 from spottune.worker.jobs.inputs import (
     InputError,
     ScanData,
@@ -30,8 +32,7 @@ from spottune.worker.jobs.inputs import (
     load_stored_model,
     scan_metric,
 )
-from spottune.worker.results import JobOutput, NewModel, ScanMetric
-from spottune.worker.runner import JobContext
+from spottune.worker.results import JobOutput, NewModel
 
 MAX_OVERLAYS = 3
 
@@ -54,7 +55,7 @@ def _overlay(scan: ScanData, mask: np.ndarray, prep: Preprocessing) -> bytes:
     return overlay_png(predicted.image[index], predicted.mask[index], reference)
 
 
-def _metrics_table(metrics: list[ScanMetric], names: dict[uuid.UUID, str]) -> list[dict[str, Any]]:
+def _metrics_table(metrics: list[ScanScore], names: dict[uuid.UUID, str]) -> list[dict[str, Any]]:
     """One row per evaluated target scan: Dice and surface Dice before and after adaptation."""
     rows: dict[uuid.UUID, dict[str, Any]] = {}
     for m in metrics:
@@ -75,14 +76,13 @@ def _policy(
 
 
 def run(ctx: JobContext) -> JobOutput:
-    params = ctx.params
-    method = str(params.get("method", "spottune"))
-    options = AdaptOptions(**(params.get("options") or {}))
+    params = ctx.params_as(AdaptationParams)
+    method, options = params.method, params.options
     with session_scope(ctx.session_factory) as session:
-        base_row, base, config = load_stored_model(session, ctx.clinic_id, params["model_id"],
+        base_row, base, config = load_stored_model(session, ctx.clinic_id, params.model_id,
                                                    ctx.device)
-        train_scans = load_scans(session, ctx.clinic_id, params["train_scan_ids"])
-        targets = load_scans(session, ctx.clinic_id, params["target_scan_ids"])
+        train_scans = load_scans(session, ctx.clinic_id, params.train_scan_ids)
+        targets = load_scans(session, ctx.clinic_id, params.target_scan_ids)
         base_id, base_name = base_row.id, base_row.name
     if not isinstance(base, UNet):
         raise InputError(f"model {base_id} is an instance-policy SpotTUnet; adapt its parent, "
@@ -111,7 +111,7 @@ def run(ctx: JobContext) -> JobOutput:
     ctx.check_stop()
 
     record = _policy(result, targets, prep)
-    output.policy = None if record is None else record.to_dict()
+    output.policy = record
     output.model = NewModel(
         name=f"{base_name}-{method}"[:200], config=json.loads(result.config.to_json()),
         weights=weights_to_bytes(result.model, result.config), method=method,

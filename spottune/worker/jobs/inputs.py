@@ -15,14 +15,14 @@ import torch
 from sqlalchemy.orm import Session
 from torch import nn
 
-from spottune.app.blobs import read_blob
-from spottune.app.models import Blob, Model, Scan
-from spottune.app.repositories.common import get_owned
-from spottune.app.services.scans import SUFFIX_OF
-from spottune.app.volume_guard import GZIP_MAGIC
+from spottune.contract import ScanScore, ScorePhase
+from spottune.core.blobs import read_blob
+from spottune.core.formats import volume_suffix
+from spottune.core.models import Blob, Model, Scan
+from spottune.core.queries import get_owned
 from spottune.ml.checkpoint import load_model
 from spottune.ml.config import ModelConfig, Preprocessing
-from spottune.ml.metrics import dice, hausdorff95, surface_dice
+from spottune.ml.metrics import score_masks
 from spottune.ml.volumes import (
     PreparedVolume,
     Volume,
@@ -30,7 +30,6 @@ from spottune.ml.volumes import (
     prepare_volume,
     volume_from_bytes,
 )
-from spottune.worker.results import ScanMetric
 
 
 class InputError(ValueError):
@@ -64,9 +63,7 @@ def _volume(session: Session, blob_id: uuid.UUID, name: str) -> Volume:
     """The stored volume; its format is the one the upload's suffix chose (kept as content type)."""
     blob = session.get(Blob, blob_id)
     data = read_blob(session, blob_id)
-    suffix = SUFFIX_OF.get(blob.content_type) if blob is not None else None
-    if suffix is None:
-        suffix = ".nii.gz" if data[:2] == GZIP_MAGIC else ".nii"
+    suffix = volume_suffix(blob.content_type if blob is not None else None, data[:2])
     return volume_from_bytes(data, f"{name}{suffix}")
 
 
@@ -82,7 +79,8 @@ def load_scan(session: Session, clinic_id: uuid.UUID, scan_id: uuid.UUID | str) 
     return ScanData(scan.id, volume, mask, scan.annotated_slices, scan.site, scan.subject)
 
 
-def load_scans(session: Session, clinic_id: uuid.UUID, ids: Sequence[str]) -> list[ScanData]:
+def load_scans(session: Session, clinic_id: uuid.UUID,
+               ids: Sequence[uuid.UUID | str]) -> list[ScanData]:
     return [load_scan(session, clinic_id, scan_id) for scan_id in ids]
 
 
@@ -96,13 +94,11 @@ def load_stored_model(session: Session, clinic_id: uuid.UUID, model_id: uuid.UUI
     return row, network, config
 
 
-def scan_metric(scan: ScanData, predicted: np.ndarray, phase: str) -> ScanMetric:
+def scan_metric(scan: ScanData, predicted: np.ndarray, phase: ScorePhase) -> ScanScore:
     """Dice, surface Dice (1 mm tolerance) and HD95 (mm) of ``predicted`` vs the scan's mask."""
     if scan.mask is None:
         raise InputError(f"scan {scan.id} has no mask to compare with")
-    spacing = scan.volume.spacing
-    reference = scan.mask
-    hd = hausdorff95(predicted, reference, spacing) if predicted.any() else None
-    return ScanMetric(scan_id=scan.id, phase=phase, dice=dice(predicted, reference),
-                      sdice=surface_dice(predicted, reference, spacing),
-                      hd95=None if hd is None or not np.isfinite(hd) else float(hd))
+    score = score_masks(predicted, scan.mask, scan.volume.spacing, tolerances_mm=(1.0,))
+    hd95 = score.hd95 if predicted.any() and np.isfinite(score.hd95) else None
+    return ScanScore(scan_id=scan.id, phase=phase, dice=score.dice,
+                     sdice=score.surface_dice[1.0], hd95=hd95)

@@ -1,23 +1,26 @@
-"""Pretraining job: ``{train_scan_ids, options}`` -> a source model trained from scratch."""
+"""Pretraining job (:class:`spottune.contract.PretrainingParams`): a source model from scratch."""
 
 from __future__ import annotations
 
 import json
 
-from spottune.app.db import session_scope
+from spottune.contract import PretrainingParams
+from spottune.core.db import session_scope
 from spottune.ml.checkpoint import weights_to_bytes
+from spottune.ml.config import source_model_config
 from spottune.ml.report import render_report_html, training_curve_png
-from spottune.ml.train import SourceOptions, train_source
+from spottune.ml.train import train_source
+from spottune.worker.context import JobContext
 from spottune.worker.jobs.inputs import InputError, load_scans
 from spottune.worker.results import JobOutput, NewModel
-from spottune.worker.runner import JobContext
 
 
 def run(ctx: JobContext) -> JobOutput:
-    options = SourceOptions(**(ctx.params.get("options") or {}))
-    prep = options.to_model_config().preprocessing
+    params = ctx.params_as(PretrainingParams)
+    options = params.options
+    prep = source_model_config(options).preprocessing
     with session_scope(ctx.session_factory) as session:
-        scans = load_scans(session, ctx.clinic_id, ctx.params["train_scan_ids"])
+        scans = load_scans(session, ctx.clinic_id, params.train_scan_ids)
     unannotated = [s.id for s in scans if s.mask is None]
     if unannotated:
         raise InputError(f"train scans need a mask; scan {unannotated[0]} has none")

@@ -1,15 +1,16 @@
-"""Segmentation job: ``{model_id, scan_ids}`` -> one mask per scan with a model the clinic owns."""
+"""Segmentation job (:class:`spottune.contract.SegmentationParams`): one mask per scan."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from spottune.app.db import session_scope
+from spottune.contract import SegmentationParams
+from spottune.core.db import session_scope
 from spottune.ml.inference import segment_volume
 from spottune.ml.volumes import mask_to_nifti_bytes
+from spottune.worker.context import JobContext
 from spottune.worker.jobs.inputs import load_scans, load_stored_model, scan_metric
 from spottune.worker.results import JobOutput
-from spottune.worker.runner import JobContext
 
 PER_SCAN_STEPS = 100  # progress resolution within one scan
 
@@ -25,14 +26,17 @@ def scan_progress(ctx: JobContext, index: int, n_scans: int) -> Callable[[int, i
 
 
 def run(ctx: JobContext) -> JobOutput:
+    params = ctx.params_as(SegmentationParams)
     with session_scope(ctx.session_factory) as session:
-        row, model, config = load_stored_model(session, ctx.clinic_id, ctx.params["model_id"],
+        row, model, config = load_stored_model(session, ctx.clinic_id, params.model_id,
                                                ctx.device)
-        scans = load_scans(session, ctx.clinic_id, ctx.params["scan_ids"])
+        scans = load_scans(session, ctx.clinic_id, params.scan_ids)
         model_id = row.id
     output = JobOutput(masks_model_id=model_id)
     for index, scan in enumerate(scans):
         mask = segment_volume(model, scan.volume, config.preprocessing, device=ctx.device,
+                              batch_size=params.options.batch_size,
+                              largest_component=params.options.largest_component,
                               progress=scan_progress(ctx, index, len(scans)))
         output.masks[scan.id] = mask_to_nifti_bytes(mask, scan.volume.affine)
         if scan.mask is not None and scan.annotated_slices is None:

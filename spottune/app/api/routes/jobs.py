@@ -14,7 +14,6 @@ from spottune.app.api.downloads import blob_response
 from spottune.app.api.idempotency import Idempotency, IdempotencyDep, register_presenter
 from spottune.app.api.presenters import job_out
 from spottune.app.errors import NotFound
-from spottune.app.models import Job, JobKind, JobStatus
 from spottune.app.repositories import jobs as job_repo
 from spottune.app.schemas.common import (
     CONFLICT_RESPONSES,
@@ -33,6 +32,8 @@ from spottune.app.schemas.jobs import (
     SegmentationRequest,
 )
 from spottune.app.services import jobs as service
+from spottune.contract import PolicyReport
+from spottune.core.models import Job, JobKind, JobStatus
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
 _ACCEPTED = {
@@ -155,7 +156,7 @@ def cancel_job(
 
 @router.get("/v1/jobs/{job_id}/policy", response_model=PolicyOut)
 def get_policy(job_id: uuid.UUID, session: SessionDep, clinic: CurrentClinic) -> PolicyOut:
-    """Per-gate fine-tune probability, gate names and stages, lambda and method."""
+    """Per gate and per stage: how often the fine-tuned twin was chosen; lambda, method, policy."""
     job = service.get_job(session, clinic.id, job_id)
     policy = job_repo.policy(session, job.id)
     if policy is None:
@@ -163,7 +164,8 @@ def get_policy(job_id: uuid.UUID, session: SessionDep, clinic: CurrentClinic) ->
             f"job {job_id} has no policy yet; it exists once a spottune adaptation succeeds",
             code="policy_not_ready",
         )
-    return PolicyOut(job_id=job.id, policy=policy.data)
+    report = PolicyReport.from_record(policy.data)
+    return PolicyOut(job_id=job.id, **report.model_dump())
 
 
 def _report(session: SessionDep, clinic: CurrentClinic, job_id: uuid.UUID) -> tuple[Job, object]:

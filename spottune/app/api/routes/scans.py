@@ -13,7 +13,6 @@ from spottune.app.api.downloads import blob_response
 from spottune.app.api.idempotency import IdempotencyDep, register_presenter
 from spottune.app.api.presenters import scan_out
 from spottune.app.errors import NotFound
-from spottune.app.models import Blob
 from spottune.app.repositories import scans as scan_repo
 from spottune.app.schemas.common import (
     CONFLICT_RESPONSES,
@@ -25,6 +24,8 @@ from spottune.app.schemas.common import (
 )
 from spottune.app.schemas.scans import ScanOut
 from spottune.app.services import scans as service
+from spottune.core.formats import SUFFIX_OF
+from spottune.core.models import Blob
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"], responses=ERROR_RESPONSES)
 
@@ -108,7 +109,7 @@ def get_scan(scan_id: uuid.UUID, session: SessionDep, clinic: CurrentClinic) -> 
 
 def _filename(session: SessionDep, blob_id: uuid.UUID, stem: str) -> str:
     blob = session.get(Blob, blob_id)
-    suffix = service.SUFFIX_OF.get(blob.content_type if blob else "", ".nii.gz")
+    suffix = SUFFIX_OF.get(blob.content_type if blob else "", ".nii.gz")
     return f"{stem}{suffix}"
 
 

@@ -1,4 +1,4 @@
-"""Query helpers shared by the repositories."""
+"""Query helpers shared by the repositories and the worker: pages, and rows a clinic owns."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from spottune.app.db import Base
+from spottune.core.db import Base
 
 T = TypeVar("T", bound=Base)
 

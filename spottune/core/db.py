@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from spottune.app.settings import Settings, get_settings
+from spottune.core.settings import Settings, get_settings
 
 
 class Base(DeclarativeBase):

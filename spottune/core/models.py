@@ -26,7 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 
-from spottune.app.db import Base
+from spottune.contract import JobKind, JobStatus
+from spottune.core.db import Base
 
 CHUNK_BYTES = 1024 * 1024  # blob chunk size (1 MiB)
 
@@ -50,27 +51,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
-
-
-class JobKind(enum.StrEnum):
-    ADAPTATION = "adaptation"
-    SEGMENTATION = "segmentation"
-    PRETRAINING = "pretraining"
-
-
-class JobStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 def _str_enum(cls: type[enum.Enum], name: str) -> Enum:

@@ -15,7 +15,7 @@ from typing import BinaryIO
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app.models import CHUNK_BYTES, Blob, BlobChunk
+from spottune.core.models import CHUNK_BYTES, Blob, BlobChunk
 
 
 def write_blob(

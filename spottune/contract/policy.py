@@ -1,0 +1,83 @@
+"""A learned SpotTUnet policy: the record the library produces and the view clinics read."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from statistics import fmean
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from spottune.contract.kinds import Method, PolicyKind
+
+FINETUNED_AT = 0.5  # a gate is "fine-tuned" when its trainable twin wins for half the slices
+
+
+@dataclass
+class PolicyRecord:
+    """Per gate (same order as gate_names): frequency = share of slices whose argmax decision
+    chose the trainable twin; probability = mean softmax probability of the trainable twin."""
+
+    gate_names: list[str]
+    gate_stages: list[str]
+    frequency: list[float]
+    probability: list[float]
+    policy: str
+    lambda_reg: float | None
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PolicyGate(BaseModel):
+    name: str = Field(description="Where the gate sits, e.g. 'down1.block0'.")
+    stage: str = Field(description="U-Net stage of the gate, e.g. 'down1'.")
+    finetune_probability: float = Field(
+        description="Mean probability of choosing the fine-tuned twin, 0..1.")
+    frequency: float = Field(description="Share of slices that chose the fine-tuned twin, 0..1.")
+
+
+class PolicyStage(BaseModel):
+    stage: str
+    gates: int = Field(description="Number of gates in the stage.")
+    finetune_probability: float = Field(
+        description="Mean fine-tune probability of the stage's gates, 0..1.")
+    frequency: float = Field(description="Mean frequency of the stage's gates, 0..1.")
+
+
+class PolicyReport(BaseModel):
+    """Which blocks of the U-Net the learned policy fine-tunes: where the domain shift lives."""
+
+    method: Method
+    policy: PolicyKind = Field(description="Kind of policy that was learned.")
+    lambda_reg: float | None = Field(description="Weight of the penalty on fine-tuned blocks.")
+    gates: list[PolicyGate] = Field(description="One entry per gate, input to output.")
+    stages: list[PolicyStage] = Field(description="Per-stage means, in network order.")
+    finetuned_gates: list[str] = Field(
+        description=f"Gates whose fine-tuned twin is chosen for at least {FINETUNED_AT:.0%} of "
+                    "the slices.")
+
+    @classmethod
+    def from_record(cls, record: PolicyRecord | dict[str, Any]) -> PolicyReport:
+        """The view of a stored record (``PolicyRecord`` or its ``to_dict()``)."""
+        rec = record if isinstance(record, PolicyRecord) else PolicyRecord(**record)
+        gates = [
+            PolicyGate(name=name, stage=stage, finetune_probability=p, frequency=f)
+            for name, stage, p, f in zip(rec.gate_names, rec.gate_stages, rec.probability,
+                                         rec.frequency, strict=True)
+        ]
+        by_stage: dict[str, list[PolicyGate]] = {}
+        for gate in gates:
+            by_stage.setdefault(gate.stage, []).append(gate)
+        stages = [
+            PolicyStage(stage=stage, gates=len(members),
+                        finetune_probability=fmean(g.finetune_probability for g in members),
+                        frequency=fmean(g.frequency for g in members))
+            for stage, members in by_stage.items()
+        ]
+        return cls.model_validate({
+            "method": rec.method, "policy": rec.policy, "lambda_reg": rec.lambda_reg,
+            "gates": gates, "stages": stages,
+            "finetuned_gates": [g.name for g in gates if g.frequency >= FINETUNED_AT],
+        })
