@@ -47,17 +47,17 @@ class AdaptationOptions(StrictModel):
     batch_size: int = Field(default=16, ge=1, le=512, description="Patches per step.")
     learning_rate: float | None = Field(
         default=None, gt=0.0, le=1.0,
-        description="Network learning rate (SGD Nesterov); null: derived from the iteration "
+        description="Network learning rate (SGD Nesterov); unset: derived from the iteration "
                     "budget by the training code.")
     policy_learning_rate: float | None = Field(
         default=None, gt=0.0, le=10.0,
-        description="SpotTUnet policy learning rate; null: 10 x the network's learning rate "
+        description="SpotTUnet policy learning rate; unset: 10 x the network's learning rate "
                     "(the paper's ratio).")
     policy_weight_decay: float = Field(default=1e-3, ge=0.0, le=1.0,
                                        description="Weight decay of the policy's optimiser.")
     lambda_reg: float | None = Field(
         default=None, ge=0.0, le=100.0,
-        description="Weight of the penalty on choosing trainable blocks; null: the paper's "
+        description="Weight of the penalty on choosing trainable blocks; unset: the paper's "
                     "value for the number of annotated slices.")
     policy: PolicyKind = Field(
         default="instance",
@@ -70,7 +70,7 @@ class AdaptationOptions(StrictModel):
     seed: Seed = 0
     patch_size: int | None = Field(
         default=None, ge=8, le=2048,
-        description="Side of training patches, pixels (a multiple of 2**depth); null: whole "
+        description="Side of training patches, pixels (a multiple of 2**depth); unset: whole "
                     "slices.")
     replicates: int = Field(default=1, ge=1, le=8,
                             description="Train this many seeds and deliver one.")

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
     """A configuration was refused; the message names the field and what to fix."""
 
 
-def _bounds_of(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+def bounds_of(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
     """The allowed range of the field at `loc` (e.g. "1..128"), if it has numeric bounds."""
     metadata: Any = ()
     current: Any = model
@@ -66,7 +66,7 @@ def format_validation_error(model: type[BaseModel], error: ValidationError) -> s
         loc = tuple(item["loc"])
         path = ".".join(str(part) for part in loc) or "config"
         message = item["msg"]
-        allowed = _bounds_of(model, loc) if item["type"] in _RANGE_ERRORS else None
+        allowed = bounds_of(model, loc) if item["type"] in _RANGE_ERRORS else None
         if allowed is not None:
             message += f" (allowed range {allowed})"
         if "input" in item and item["type"] in _RANGE_ERRORS:

@@ -77,13 +77,13 @@ def source(data: Path) -> Path:
         out,
         "--width",
         "4",
-        "--blocks",
+        "--blocks-per-stage",
         "1",
-        "--patch",
+        "--patch-size",
         "32",
         "--iterations",
         "4",
-        "--batch",
+        "--batch-size",
         "4",
     )
     return out
@@ -110,15 +110,15 @@ def test_train_source_writes_weights_and_config(data: Path, source: Path) -> Non
         out,
         "--width",
         "4",
-        "--blocks",
+        "--blocks-per-stage",
         "1",
         "--depth",
         "2",
-        "--patch",
+        "--patch-size",
         "16",
         "--iterations",
         "2",
-        "--batch",
+        "--batch-size",
         "2",
     )
     assert out.is_file()
@@ -128,7 +128,7 @@ def test_train_source_writes_weights_and_config(data: Path, source: Path) -> Non
     ("method", "extra"),
     [
         ("spottune", ["--annotated-slices", "2,8,12"]),
-        ("spottune", ["--every-k", "4", "--policy", "global", "--lambda", "0.01"]),
+        ("spottune", ["--every-k", "4", "--policy", "global", "--lambda-reg", "0.01"]),
         ("finetune-first", ["--every-k", "5", "--adabn", "--unlabelled", "b1.nii.gz"]),
         ("none", []),
     ],
@@ -155,9 +155,9 @@ def test_adapt_then_segment_and_evaluate(
         *extra,
         "--iterations",
         "2",
-        "--batch",
+        "--batch-size",
         "2",
-        "--patch",
+        "--patch-size",
         "16",
     )
     summary = json.loads(out.with_suffix(".policy.json").read_text())
@@ -173,7 +173,7 @@ def test_adapt_then_segment_and_evaluate(
         )
 
     masks = data / f"masks-{out.stem}"
-    _run("segment", data / "b1.nii.gz", "--model", out, "--out-dir", masks, "--batch", "8")
+    _run("segment", data / "b1.nii.gz", "--model", out, "--out-dir", masks, "--batch-size", "8")
     written: Any = nib.load(str(masks / "b1_mask.nii.gz"))
     assert written.shape == SHAPE and np.allclose(written.affine, SITE_B_AFFINE)
     assert set(np.unique(np.asarray(written.dataobj)).tolist()) <= {0, 1}
@@ -277,3 +277,35 @@ def test_segment_a_dicom_series_to_dicom_seg(source: Path, tmp_path: Path, as_zi
     result = runner.invoke(app, ["segment", str(tmp_path / "missing"), "--model", str(source),
                                  "--out-dir", str(out)])
     assert result.exit_code == 2
+
+
+def test_training_flags_are_the_contract_options() -> None:
+    """Same names and defaults as the API's options: a flag per option, its default shown."""
+    from spottune.cli.contract_options import flag
+    from spottune.contract import AdaptationOptions, PretrainingOptions
+
+    for command, model in (("adapt", AdaptationOptions), ("train-source", PretrainingOptions)):
+        output = _run(command, "--help")
+        for name in model.model_fields:
+            assert flag(name)[:18] in output, (command, name)
+    assert "default: 6000" in _run("adapt", "--help").replace("\n", " ")
+    source_help = " ".join(_run("train-source", "--help").split())
+    assert "default: 10000" in source_help and "default: 256" in source_help
+
+
+def test_out_of_range_flag_is_one_line(data: Path, source: Path) -> None:
+    result = runner.invoke(app, ["adapt", "--model", str(source), "--out",
+                                 str(data / "x.safetensors"), "--method", "none",
+                                 "--iterations", "0"])
+    assert result.exit_code == 2 and "--iterations" in result.output
+    assert "1..1000000" in result.output
+    assert not (data / "x.safetensors").exists()
+
+
+def test_isotropic_spacing_is_one_number(data: Path) -> None:
+    out = data / "iso.safetensors"
+    _run("train-source", "--image", data / "a0.nii.gz", "--mask", data / "a0_mask.nii.gz",
+         "--out", out, "--width", "4", "--blocks-per-stage", "1", "--depth", "2",
+         "--patch-size", "16", "--iterations", "1", "--batch-size", "2", "--spacing-mm", "2")
+    config = json.loads(out.with_suffix(".json").read_text())
+    assert config["preprocessing"]["spacing_mm"] == [2.0, 2.0]

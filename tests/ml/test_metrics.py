@@ -92,3 +92,25 @@ def test_score_masks_agrees_with_the_single_metrics() -> None:
             surface_dice(reference, predicted, spacing, tolerance))
     assert scores.hd95 == pytest.approx(hausdorff95(reference, predicted, spacing))
     assert scores.surface_dice[1.0] < scores.surface_dice[2.0] < 1.0
+@pytest.mark.parametrize("spacing", SPACINGS[:2])
+def test_score_masks_is_the_reference_at_every_tolerance(
+    spacing: tuple[float, float, float]
+) -> None:
+    predicted = _blob((24, 26, 20), 5)
+    reference = _blob((24, 26, 20), 6, threshold=0.5)
+    ref = _reference(reference, predicted, spacing)
+    score = score_masks(predicted, reference, spacing, tolerances_mm=(1.0, 2.0))
+    assert score.dice == pytest.approx(dice(predicted, reference))
+    assert set(score.surface_dice) == {1.0, 2.0}
+    for tolerance, value in score.surface_dice.items():
+        expected = surface_distance.compute_surface_dice_at_tolerance(ref, tolerance)
+        assert value == pytest.approx(expected, abs=1e-6)
+    assert score.hd95 == pytest.approx(surface_distance.compute_robust_hausdorff(ref, 95),
+                                       abs=1e-6)
+
+
+def test_score_masks_of_an_empty_prediction() -> None:
+    reference = _blob((12, 12, 12), 1)
+    score = score_masks(np.zeros_like(reference), reference, (1.0, 1.0, 1.0))
+    assert score.dice == 0.0 and score.surface_dice == {1.0: 0.0, 2.0: 0.0}
+    assert math.isinf(score.hd95)
