@@ -66,21 +66,30 @@ def _check_mask(client: TestClient, mask_id: str) -> None:
 
 def test_pretrain_adapt_with_each_method_and_segment(client: TestClient) -> None:
     source_scans = [_upload(client, seed, "a") for seed in (10, 11)]
-    pretrain = _submit(client, "/v1/pretrainings",
-                       {"train_scan_ids": source_scans, "options": TINY_SOURCE})
+    # one number for an isotropic in-plane spacing, as a clinic would write it
+    pretrain = _submit(client, "/v1/pretrainings", {
+        "train_scan_ids": source_scans, "options": {**TINY_SOURCE, "spacing_mm": 1.0}})
     source = _wait(client, pretrain)["result"]["model_id"]
-    assert client.get(f"/v1/models/{source}").json()["job_id"] == pretrain
+    source_model = client.get(f"/v1/models/{source}").json()
+    assert source_model["job_id"] == pretrain
+    assert source_model["config"]["preprocessing"]["spacing_mm"] == [1.0, 1.0]
 
     train = [_upload(client, 20, "b"), _upload(client, 21, "b", annotated="[4, 8]")]
     targets = [_upload(client, 22, "b"), _upload(client, 23, "b", mask=False)]
+    validation = [_upload(client, 24, "b")]
     runs = [(method, {}) for method in METHODS] + [("spottune", {"policy": "global"})]
     jobs = {
         _submit(client, "/v1/adaptations", {
             "model_id": source, "train_scan_ids": train, "target_scan_ids": targets,
-            "method": method, "options": {**TINY_ADAPT, **extra}}): method
+            "validation_scan_ids": validation, "method": method,
+            "options": {**TINY_ADAPT, **extra}}): method
         for method, extra in runs
     }
     results = {job_id: _wait(client, job_id)["result"] for job_id in jobs}
+    params = client.get(f"/v1/jobs/{next(iter(jobs))}").json()["params"]
+    assert params["validation_scan_ids"] == validation
+    assert params["options"]["iterations"] == TINY_ADAPT["iterations"]
+    assert params["options"]["policy_weight_decay"] == 1e-3  # the contract's default, stored
 
     for job_id, result in results.items():
         adapted = client.get(f"/v1/models/{result['model_id']}").json()
