@@ -18,7 +18,8 @@ from scipy import ndimage
 
 from spottune.ml.config import Preprocessing
 from spottune.ml.metrics import score_masks
-from spottune.ml.volumes import Volume, prepare_volume, restore_to_grid
+from spottune.ml.preparation import prepare_volume, restore_to_grid
+from spottune.ml.volumes import Volume
 
 TOLERANCES_MM = (1.0, 2.0)
 MARGIN = 4  # voxels kept around both masks when cropping for the surface metrics

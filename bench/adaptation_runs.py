@@ -24,15 +24,9 @@ from adaptation_profiles import ADAPT_METHODS, WHOLE_VOLUME, Budget, Profile
 from spottune.ml.checkpoint import load_model, save_checkpoint
 from spottune.ml.config import ModelConfig, Preprocessing
 from spottune.ml.inference import segment_volume
+from spottune.ml.preparation import PreparedVolume, prepare_volume, slice_voxel_axis
 from spottune.ml.train import AdaptOptions, SourceOptions, adapt, train_source
-from spottune.ml.volumes import (
-    PreparedVolume,
-    Volume,
-    load_mask,
-    load_volume,
-    prepare_volume,
-    slice_voxel_axis,
-)
+from spottune.ml.volumes import Volume, load_mask, load_volume
 
 log = logging.getLogger("bench.adaptation")
 PROTOCOL = "v2"

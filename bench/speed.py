@@ -48,17 +48,11 @@ from spottune.ml.inference import keep_largest_component, segment_volume
 from spottune.ml.loop import autocast_dtype_for, nesterov_sgd, train_step
 from spottune.ml.metrics import dice
 from spottune.ml.network import UNet
+from spottune.ml.preparation import PreparedVolume, prepare_volume, restore_to_grid
 from spottune.ml.spottune import SpotTUNet
 from spottune.ml.synthetic import make_phantom
 from spottune.ml.train import AdaptOptions, SourceOptions, adapt, train_source
-from spottune.ml.volumes import (
-    PreparedVolume,
-    Volume,
-    load_mask,
-    load_volume,
-    prepare_volume,
-    restore_to_grid,
-)
+from spottune.ml.volumes import Volume, load_mask, load_volume
 
 log = logging.getLogger("bench.speed")
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,13 +29,8 @@ from spottune.contract import AdaptationOptions, Method, PretrainingOptions
 from spottune.data.manifest import read_manifest
 from spottune.ml.checkpoint import load_model, save_checkpoint
 from spottune.ml.config import ModelConfig, Preprocessing, source_model_config
-from spottune.ml.volumes import (
-    PreparedVolume,
-    load_mask,
-    load_volume,
-    prepare_volume,
-    slice_voxel_axis,
-)
+from spottune.ml.preparation import PreparedVolume, prepare_volume, slice_voxel_axis
+from spottune.ml.volumes import load_mask, load_volume
 
 
 def _from_manifest(manifest: Path, site: str) -> list[tuple[Path, Path]]:

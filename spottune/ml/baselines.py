@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spottune.ml.network import UNet
-from spottune.ml.volumes import PreparedVolume
+from spottune.ml.preparation import PreparedVolume
 
 log = logging.getLogger(__name__)
 

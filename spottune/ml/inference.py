@@ -19,7 +19,8 @@ from torch import nn
 
 from spottune.contract import SegmentationOptions
 from spottune.ml.config import Preprocessing
-from spottune.ml.volumes import Volume, prepare_volume, restore_to_grid
+from spottune.ml.preparation import prepare_volume, restore_to_grid
+from spottune.ml.volumes import Volume
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from spottune.contract import PolicyRecord, PolicyReport
 from spottune.ml.inference import required_multiple
 from spottune.ml.policy import sample_gates, trainable_probability
+from spottune.ml.preparation import PreparedVolume
 from spottune.ml.spottune import SpotTUNet
-from spottune.ml.volumes import PreparedVolume
 
 READOUT_BATCH = 32
 

@@ -20,9 +20,9 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from spottune.ml.loop import Progress, ProgressCallback
+from spottune.ml.preparation import PreparedVolume
 from spottune.ml.readout import PolicyRecord
 from spottune.ml.train import AdaptOptions, AdaptResult, adapt
-from spottune.ml.volumes import PreparedVolume
 
 Scorer = Callable[[AdaptResult], float]
 """Scores a finished replicate on held-out data (higher is better), e.g. mean surface Dice."""

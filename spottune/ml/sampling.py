@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spottune.ml.volumes import PreparedVolume
+from spottune.ml.preparation import PreparedVolume
 
 
 class SliceSampler:

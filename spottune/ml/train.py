@@ -39,10 +39,10 @@ from spottune.ml.loop import (
 )
 from spottune.ml.network import UNet, unet_from_config
 from spottune.ml.policy import agent_stride_for
+from spottune.ml.preparation import PreparedVolume
 from spottune.ml.readout import PolicyRecord, policy_record
 from spottune.ml.sampling import SliceSampler
 from spottune.ml.spottune import FrozenNorm, SpotTUNet
-from spottune.ml.volumes import PreparedVolume
 
 __all__ = [
     "METHODS", "AdaptOptions", "AdaptResult", "Cancelled", "PolicyRecord", "Progress",

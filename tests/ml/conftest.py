@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from spottune.ml.preparation import PreparedVolume
 from spottune.ml.synthetic import make_phantom
-from spottune.ml.volumes import PreparedVolume
 
 TINY_SHAPE = (32, 32, 12)  # phantom voxels; slices are 32 x 32
 

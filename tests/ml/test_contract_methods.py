@@ -7,8 +7,8 @@ import pytest
 from spottune.contract import METHODS, AdaptationOptions, PretrainingOptions
 from spottune.ml.config import ConfigError, ModelConfig, Preprocessing, source_model_config
 from spottune.ml.network import UNet
+from spottune.ml.preparation import PreparedVolume
 from spottune.ml.train import adapt
-from spottune.ml.volumes import PreparedVolume
 
 
 @pytest.mark.parametrize("method", METHODS)

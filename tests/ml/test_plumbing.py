@@ -13,6 +13,7 @@ from spottune.ml.baselines import finetuned_units
 from spottune.ml.device import seed_everything
 from spottune.ml.network import UNet
 from spottune.ml.policy import agent_stride_for
+from spottune.ml.preparation import PreparedVolume
 from spottune.ml.sampling import SliceSampler
 from spottune.ml.spottune import SpotTUNet
 from spottune.ml.train import (
@@ -26,7 +27,6 @@ from spottune.ml.train import (
     train_gated,
     train_source,
 )
-from spottune.ml.volumes import PreparedVolume
 
 OPTIONS = AdaptOptions(iterations=8, batch_size=4, learning_rate=0.05, lambda_reg=0.0, seed=3,
                        patch_size=32)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from spottune.ml.preparation import PreparedVolume
 from spottune.ml.readout import PolicyRecord, stage_summary, where_the_shift_lives
 from spottune.ml.replicates import adapt_replicates, rank_agreement
 from spottune.ml.report import render_report_html
 from spottune.ml.train import AdaptOptions, AdaptResult, SourceOptions, train_source
-from spottune.ml.volumes import PreparedVolume
 
 NAMES = ["init.conv", "init.block0", "down1.down", "down1.block0", "bottleneck.block0",
          "up1.block0", "out.block0", "out.conv", "skip.top"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from spottune.ml.preparation import PreparedVolume
 from spottune.ml.sampling import SliceSampler
-from spottune.ml.volumes import PreparedVolume
 
 SENTINEL = 7.0
 

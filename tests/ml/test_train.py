@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from spottune.ml.config import GatingConfig, ModelConfig
 from spottune.ml.network import UNet
+from spottune.ml.preparation import PreparedVolume
 from spottune.ml.spottune import SpotTUNet
 from spottune.ml.train import (
     AdaptOptions,
@@ -20,7 +21,6 @@ from spottune.ml.train import (
     policy_record,
     train_source,
 )
-from spottune.ml.volumes import PreparedVolume
 
 FAST: dict[str, Any] = {"batch_size": 4, "learning_rate": 0.05}
 

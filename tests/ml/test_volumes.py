@@ -13,6 +13,7 @@ from nibabel import orientations
 from spottune.ml.config import Preprocessing
 from spottune.ml.labels import parse_labels
 from spottune.ml.metrics import dice
+from spottune.ml.preparation import prepare_volume, restore_to_grid
 from spottune.ml.synthetic import make_phantom, write_phantom
 from spottune.ml.volumes import (
     Volume,
@@ -20,8 +21,6 @@ from spottune.ml.volumes import (
     load_mask,
     load_volume,
     mask_to_nifti_bytes,
-    prepare_volume,
-    restore_to_grid,
     save_mask,
     volume_from_bytes,
 )

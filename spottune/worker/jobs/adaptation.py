@@ -20,10 +20,11 @@ from spottune.ml.checkpoint import weights_to_bytes
 from spottune.ml.config import Preprocessing
 from spottune.ml.inference import segment_volume
 from spottune.ml.network import UNet
+from spottune.ml.preparation import prepare_volume
 from spottune.ml.report import overlay_png, policy_chart_png, render_report_html, training_curve_png
 from spottune.ml.spottune import SpotTUNet
 from spottune.ml.train import AdaptResult, PolicyRecord, adapt, policy_record
-from spottune.ml.volumes import mask_to_nifti_bytes, prepare_volume
+from spottune.ml.volumes import mask_to_nifti_bytes
 from spottune.worker.context import JobContext
 from spottune.worker.jobs.inputs import (
     InputError,

@@ -23,13 +23,8 @@ from spottune.core.queries import get_owned
 from spottune.ml.checkpoint import load_model
 from spottune.ml.config import ModelConfig, Preprocessing
 from spottune.ml.metrics import score_masks
-from spottune.ml.volumes import (
-    PreparedVolume,
-    Volume,
-    check_mask,
-    prepare_volume,
-    volume_from_bytes,
-)
+from spottune.ml.preparation import PreparedVolume, prepare_volume
+from spottune.ml.volumes import Volume, check_mask, volume_from_bytes
 
 
 class InputError(ValueError):
