@@ -19,6 +19,7 @@ from spottune.data.deform import make_subject
 from spottune.data.fetch import FetchError, HeadSource, fetch_head
 from spottune.data.grid import FOV_MM, Grid
 from spottune.data.heads import Head, make_phantom_head
+from spottune.data.manifest import ManifestError, read_manifest
 from spottune.data.prepare import QUICK_SPACING_MM, PrepareOptions, prepare
 from spottune.data.sites import SITES, acquire, contrast_t1, get_site
 
@@ -91,6 +92,22 @@ def test_manifest_lists_every_scan(built: Path) -> None:
         volume_ml = [np.asarray(m.dataobj).sum() * abs(np.linalg.det(m.affine[:3, :3]))
                      for m in (mask, reference)]
         assert volume_ml[0] == pytest.approx(volume_ml[1], rel=0.1)
+
+
+def test_the_manifest_reader_reads_what_prepare_writes(built: Path, tmp_path: Path) -> None:
+    manifest = read_manifest(built)  # the folder, or the file itself
+    assert read_manifest(built / "manifest.json").scans == manifest.scans
+    site = SITES[0].name
+    scans = manifest.scans_of(site)
+    assert len(scans) == 3 and all(s.site == site for s in scans)
+    assert manifest.image_path(scans[0]).is_file() and manifest.mask_path(scans[0]).is_file()
+    with pytest.raises(ValueError, match="sites: "):
+        manifest.scans_of("nowhere")
+    (tmp_path / "manifest.json").write_text('{"scans": 3}')
+    with pytest.raises(ManifestError, match="not a benchmark manifest"):
+        read_manifest(tmp_path)
+    with pytest.raises(ManifestError, match="cannot read"):
+        read_manifest(tmp_path / "missing.json")
 
 
 def test_warped_mask_follows_warped_image() -> None:

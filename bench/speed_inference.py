@@ -1,0 +1,227 @@
+"""Speed benchmark, inference: one whole head segmented along the default path and its levers."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from speed_timing import Threads, timed
+from torch import nn
+
+from spottune.contract import POLICY_KINDS, AdaptationOptions, PretrainingOptions
+from spottune.data.manifest import read_manifest
+from spottune.ml.checkpoint import load_model, save_checkpoint
+from spottune.ml.config import ModelConfig, Preprocessing
+from spottune.ml.inference import keep_largest_component, segment_volume
+from spottune.ml.metrics import dice
+from spottune.ml.network import UNet
+from spottune.ml.preparation import PreparedVolume, prepare_volume, restore_to_grid
+from spottune.ml.synthetic import make_phantom
+from spottune.ml.train import adapt, train_source
+from spottune.ml.volumes import Volume, load_mask, load_volume
+
+log = logging.getLogger("bench.speed")
+HEAD_SHAPE = (176, 208, 176)  # 1 mm head volume (voxels)
+PHANTOM_AIR = 12  # voxels of air padded around the phantom head on each side
+
+
+def head_volume(data_dir: Path) -> tuple[Volume, np.ndarray, Volume, np.ndarray, str]:
+    """(test volume, its mask, a training volume, its mask, description)."""
+    if (data_dir / "manifest.json").is_file():
+        manifest = read_manifest(data_dir)
+        same = manifest.scans_of(manifest.scans[0].site)[:2]
+        loaded = []
+        for scan in same:
+            volume = load_volume(manifest.image_path(scan))
+            loaded.append((volume, load_mask(manifest.mask_path(scan), volume).astype(np.uint8)))
+        (test, test_mask), (train, train_mask) = loaded[0], loaded[-1]
+        return test, test_mask, train, train_mask, f"{same[0].id} from {data_dir}"
+    inner = tuple(n - 2 * PHANTOM_AIR for n in HEAD_SHAPE)
+    out = []
+    for seed in (0, 1):
+        image, mask = make_phantom(inner, seed=seed, site="a")  # type: ignore[arg-type]
+        pad = [(PHANTOM_AIR, PHANTOM_AIR)] * 3
+        out.append((Volume(np.pad(image, pad), np.eye(4)), np.pad(mask, pad)))
+    return (
+        *out[0],
+        *out[1],
+        f"phantom {HEAD_SHAPE} with {PHANTOM_AIR} voxels of air around the head",
+    )
+
+
+def trained_base(
+    train: PreparedVolume, checkpoint: Path, quick: bool
+) -> tuple[UNet, ModelConfig, str]:
+    """A width-16 U-Net trained briefly on `train` (cached at `checkpoint`)."""
+    if checkpoint.is_file():
+        model, config = load_model(checkpoint)
+        assert isinstance(model, UNet)
+        return model.eval(), config, f"loaded {checkpoint}"
+    options = PretrainingOptions(
+        patch_size=96, batch_size=8, iterations=120 if quick else 300, learning_rate=0.05, seed=0
+    )
+    start = time.perf_counter()
+    result = train_source([train], options, device="cpu")
+    assert isinstance(result.model, UNet)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(result.model, result.config, checkpoint)
+    took = time.perf_counter() - start
+    return (
+        result.model,
+        result.config,
+        (
+            f"trained {options.iterations} steps (patch 96, batch 8) "
+            f"in {took:.0f} s, cached at {checkpoint}"
+        ),
+    )
+
+
+def naive_segment(
+    model: nn.Module, volume: Volume, prep: Preprocessing, device: torch.device
+) -> np.ndarray:
+    """The "before" path: eager FP32, contiguous, one slice per forward, no crop."""
+    prepared = prepare_volume(volume, prep)
+    stack = prepared.image
+    multiple = 2**3
+    pad_h, pad_w = -stack.shape[1] % multiple, -stack.shape[2] % multiple
+    probs = np.zeros(stack.shape, dtype=np.float32)
+    model.eval()
+    with torch.no_grad():
+        for s in range(stack.shape[0]):
+            x = torch.from_numpy(np.pad(stack[s], ((0, pad_h), (0, pad_w))))[None, None]
+            logits = model(x.to(device))
+            probs[s] = torch.sigmoid(logits)[0, 0, : stack.shape[1], : stack.shape[2]].cpu().numpy()
+    mask = (restore_to_grid(prepared, probs) >= 0.5).astype(np.uint8)
+    return keep_largest_component(mask)
+
+
+def bench_inference(
+    device: torch.device, quick: bool, data_dir: Path, checkpoint: Path
+) -> dict[str, Any]:
+    volume, reference, train_volume, train_mask, described = head_volume(data_dir)
+    prep = Preprocessing()
+    prepared_train = prepare_volume(train_volume, prep, train_mask)
+    base, config, how = trained_base(prepared_train, checkpoint, quick)
+    base = base.to(device).eval()
+    log.info("base model: %s", how)
+    few = AdaptationOptions(iterations=2, batch_size=4, patch_size=64, seed=0)
+    adapted = {
+        policy: adapt(
+            base,
+            config,
+            [prepared_train],
+            "spottune",
+            few.model_copy(update={"policy": policy}),
+            device=device,
+        ).model.to(device)
+        for policy in POLICY_KINDS
+    }
+    models = {
+        "base": base,
+        "spottune-global-exported": adapted["global"],
+        "spottune-instance": adapted["instance"],
+    }
+    repeats = 1 if quick else 3
+    rows: list[dict[str, Any]] = []
+
+    def add(
+        name: str,
+        model_name: str,
+        fn: Callable[[], Any],
+        reps: int,
+        threads: int | None,
+        warmup: int = 1,
+    ) -> dict[str, Any]:
+        with Threads(threads):
+            result = timed(fn, device, reps, warmup)
+        row = {
+            "device": device.type,
+            "variant": name,
+            "model": model_name,
+            "threads": threads or torch.get_num_threads(),
+            **result,
+        }
+        rows.append(row)
+        log.info("infer %-28s %-26s %.2f s", name, model_name, result["median_s"])
+        return row
+
+    def default(model: nn.Module, **kw: Any) -> Callable[[], np.ndarray]:
+        return lambda: segment_volume(model, volume, prep, device=device, **kw)
+
+    add(
+        "before: eager fp32 bs1 no-crop",
+        "base",
+        lambda: naive_segment(base, volume, prep, device),
+        1,
+        None,
+        warmup=0,
+    )
+    for name, model in models.items():
+        add("after: segment_volume default", name, default(model), repeats, None)
+    if device.type == "cpu":
+        add("after, bf16 off", "base", default(base, bf16=False), repeats, None)
+        if not quick:
+            add("after, no crop", "base", default(base, crop=False), repeats, None)
+        for threads in (1, 2) if not quick else (1,):
+            add("after", "base", default(base), repeats, threads)
+        if not quick:
+            for batch in (1, 4, 16, 32):
+                add(f"after, batch {batch}", "base", default(base, batch_size=batch), 2, None)
+            rows.append(compiled_row(base, volume, prep, device))
+    before = rows[0]["median_s"]
+    base_after = next(r for r in rows if r["model"] == "base" and r["variant"].startswith("after:"))
+    for row in rows:
+        row["vs_base_after"] = round(row["median_s"] / base_after["median_s"], 3)
+        row["speedup_vs_before"] = round(before / row["median_s"], 2)
+
+    masks = {bf: segment_volume(base, volume, prep, device=device, bf16=bf) for bf in (False, True)}
+    agreement = {
+        "dice_fp32_vs_bf16": round(dice(masks[False], masks[True]), 5),
+        "dice_fp32_vs_reference": round(dice(masks[False], reference), 4),
+        "dice_bf16_vs_reference": round(dice(masks[True], reference), 4),
+        "voxels_differing": int((masks[False] != masks[True]).sum()),
+    }
+    log.info("bf16 agreement: %s", agreement)
+    return {
+        "volume": described,
+        "shape": list(volume.shape),
+        "model": how,
+        "rows": rows,
+        "bf16_agreement": agreement,
+    }
+
+
+def compiled_row(
+    base: nn.Module, volume: Volume, prep: Preprocessing, device: torch.device
+) -> dict[str, Any]:
+    """segment_volume with a torch.compile'd model (compile time reported apart)."""
+    try:
+        compiled = torch.compile(copy.deepcopy(base), dynamic=False)
+        start = time.perf_counter()
+        segment_volume(compiled, volume, prep, device=device)  # compiles (both batch shapes)
+        compile_s = time.perf_counter() - start
+        result = timed(lambda: segment_volume(compiled, volume, prep, device=device), device, 2, 0)
+        return {
+            "device": device.type,
+            "variant": "after + torch.compile",
+            "model": "base",
+            "threads": torch.get_num_threads(),
+            "compile_s": round(compile_s, 1),
+            **result,
+        }
+    except Exception as exc:  # no compiler, unsupported op: report, do not fail the bench
+        log.warning("torch.compile failed: %s", exc)
+        return {
+            "device": device.type,
+            "variant": "after + torch.compile",
+            "model": "base",
+            "threads": torch.get_num_threads(),
+            "median_s": float("nan"),
+            "error": str(exc),
+        }
