@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from spottune.app.tasks import Queue
+from spottune.core.broker import Queue
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"POSTGRES_PASSWORD": "s3cret", "PATH": "/usr/bin:/bin"}

@@ -5,7 +5,6 @@ The API never imports task code (``spottune.worker``); messages carry only the j
 
 from __future__ import annotations
 
-import enum
 import logging
 import uuid
 from typing import Any
@@ -14,43 +13,12 @@ from celery import Celery
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from spottune.core.broker import Queue, TaskName, celery_config
 from spottune.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
 _PENDING = "spottune_pending_jobs"
-
-
-class TaskName(enum.StrEnum):
-    RUN_JOB = "spottune.run_job"
-    RECONCILE = "spottune.reconcile"
-
-
-class Queue(enum.StrEnum):
-    """One queue per device a job may ask for; each kind of worker consumes its own."""
-
-    GPU = "gpu"
-    CPU = "cpu"
-
-
-def queue_for(params: dict[str, Any]) -> Queue:
-    """The queue of a job from its stored request (``device``: "gpu" unless it asked "cpu")."""
-    return Queue.CPU if params.get("device") == Queue.CPU.value else Queue.GPU
-
-
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings shared by the API client and the worker app (same broker, same queue)."""
-    return {
-        "broker_url": settings.broker_url,
-        "broker_transport_options": settings.broker_transport_options(),
-        "broker_connection_timeout": settings.broker_send_timeout_s,
-        "broker_connection_retry_on_startup": True,
-        "task_default_queue": Queue.GPU.value,
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "result_backend": None,
-        "task_ignore_result": True,
-    }
 
 
 def make_celery_client(settings: Settings) -> Celery:

@@ -1,6 +1,6 @@
 """The worker's Celery application: ``celery -A spottune.worker.celery_app worker -Q gpu -c 1``.
 
-Same broker settings as the API's client-only app (:mod:`spottune.app.tasks`); this one also
+Same broker settings as the API's client-only app (:mod:`spottune.core.broker`); this one also
 registers the task code. Jobs run for hours, so a message is acknowledged only after its task
 returns (``task_acks_late``), a worker takes one message at a time, and a message whose worker
 died goes back to the queue. Redelivery is harmless: the runner claims a job atomically in the
@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
-from spottune.app.tasks import Queue, TaskName, celery_config
+from spottune.core.broker import Queue, TaskName, celery_config
 from spottune.core.db import get_engine
 from spottune.core.settings import Settings, get_settings
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from celery import Celery
 
-from spottune.app.tasks import Queue, TaskName, queue_for
 from spottune.contract import JobStatus
+from spottune.core.broker import Queue, TaskName, queue_for
 from spottune.core.db import get_session_factory, session_scope
 from spottune.core.job_state import (
     CANCELLED_REASON,

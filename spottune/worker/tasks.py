@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Task
 
-from spottune.app.tasks import TaskName
+from spottune.core.broker import TaskName
 from spottune.worker import reconciler, runner
 from spottune.worker.celery_app import app
 

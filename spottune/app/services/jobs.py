@@ -13,9 +13,10 @@ from spottune.app.repositories import jobs as job_repo
 from spottune.app.repositories import scans as scan_repo
 from spottune.app.services.models import get_model
 from spottune.app.services.quota import check_concurrency
-from spottune.app.tasks import enqueue_after_commit, queue_for
+from spottune.app.tasks import enqueue_after_commit
 from spottune.contract import AdaptationParams, PretrainingParams, SegmentationParams
 from spottune.core import job_state
+from spottune.core.broker import queue_for
 from spottune.core.models import Job, JobKind, Scan
 from spottune.core.settings import Settings
 from spottune.ml.config import ConfigError, source_model_config
