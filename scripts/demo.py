@@ -25,12 +25,14 @@ from typing import Any
 
 import httpx
 
+from spottune.data.manifest import Manifest, ManifestScan, read_manifest
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_SITE, TARGET_SITE = "siemens15", "philips3"  # T1 -> T2-like: a large domain shift
 SPACING_MM = 3.0  # the quick benchmark's voxels
 PRETRAIN = {"width": 8, "depth": 3, "blocks_per_stage": 1, "spacing_mm": [SPACING_MM] * 2,
             "patch_size": 64, "iterations": 300, "batch_size": 16, "learning_rate": 0.01}
-ADAPT = {"iterations": 150, "batch_size": 16, "learning_rate": 0.01}
+ADAPT = {"iterations": 150, "batch_size": 16, "learning_rate": 0.01, "policy_learning_rate": 0.01}
 ANNOTATED_SLICES = 5  # axial slices of one target-site scan the clinic annotated
 
 
@@ -46,7 +48,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ensure_data(data: Path, env: dict[str, str]) -> dict[str, Any]:
+def ensure_data(data: Path, env: dict[str, str]) -> Manifest:
     manifest = data / "manifest.json"
     if not manifest.is_file():
         print(f"preparing the quick benchmark in {data} (real heads, 3 mm) ...", flush=True)
@@ -57,7 +59,7 @@ def ensure_data(data: Path, env: dict[str, str]) -> dict[str, Any]:
         except subprocess.CalledProcessError as error:  # e.g. no registry access: phantoms
             print(f"  real heads unavailable ({error.stderr.strip()[-200:]}); using phantoms")
             spottune(*args, "--source", "synthetic", env=env)
-    return dict(json.loads(manifest.read_text()))
+    return read_manifest(manifest)
 
 
 def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -79,11 +81,11 @@ def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[
     sys.exit(f"the server did not start; see {log}")
 
 
-def upload(client: httpx.Client, data: Path, scan: dict[str, Any],
+def upload(client: httpx.Client, manifest: Manifest, scan: ManifestScan,
            annotated: list[int] | None = None) -> str:
-    files = {"image": (Path(scan["image"]).name, (data / scan["image"]).read_bytes()),
-             "mask": (Path(scan["mask"]).name, (data / scan["mask"]).read_bytes())}
-    form = {"site": scan["site"], "subject": scan["subject"]}
+    image, mask = manifest.image_path(scan), manifest.mask_path(scan)
+    files = {"image": (image.name, image.read_bytes()), "mask": (mask.name, mask.read_bytes())}
+    form = {"site": scan.site, "subject": scan.subject}
     if annotated is not None:
         form["annotated_slices"] = json.dumps(annotated)
     response = client.post("/v1/scans", files=files, data=form)
@@ -91,15 +93,16 @@ def upload(client: httpx.Client, data: Path, scan: dict[str, Any],
     return str(response.json()["id"])
 
 
-def annotated_slices(data: Path, scan: dict[str, Any], count: int) -> list[int]:
+def annotated_slices(manifest: Manifest, scan: ManifestScan, count: int) -> list[int]:
     """`count` axial slices spread over the brain (as a clinic would pick them to annotate)."""
     import numpy as np
 
     from spottune.ml.config import Preprocessing
-    from spottune.ml.volumes import load_mask, load_volume, slice_voxel_axis
+    from spottune.ml.preparation import slice_voxel_axis
+    from spottune.ml.volumes import load_mask, load_volume
 
-    image = load_volume(data / scan["image"])
-    mask = load_mask(data / scan["mask"], image)
+    image = load_volume(manifest.image_path(scan))
+    mask = load_mask(manifest.mask_path(scan), image)
     axis = slice_voxel_axis(image, Preprocessing())  # the voxel axis of axial slices
     area = mask.sum(axis=tuple(a for a in range(3) if a != axis))
     brain = np.flatnonzero(area > 0.2 * area.max())
@@ -125,15 +128,14 @@ def follow(client: httpx.Client, job_id: str, what: str) -> dict[str, Any]:
     return dict(job)
 
 
-def run_demo(client: httpx.Client, data: Path, manifest: dict[str, Any], out: Path) -> None:
-    source = [s for s in manifest["scans"] if s["site"] == SOURCE_SITE]
-    target = [s for s in manifest["scans"] if s["site"] == TARGET_SITE]
+def run_demo(client: httpx.Client, manifest: Manifest, out: Path) -> None:
+    source, target = manifest.scans_of(SOURCE_SITE), manifest.scans_of(TARGET_SITE)
     print(f"uploading {len(source)} {SOURCE_SITE} scans and {len(target)} {TARGET_SITE} scans",
           flush=True)
-    source_ids = [upload(client, data, s) for s in source]
-    picked = annotated_slices(data, target[0], ANNOTATED_SLICES)
-    train_id = upload(client, data, target[0], annotated=picked)
-    target_ids = [upload(client, data, s) for s in target[1:]]
+    source_ids = [upload(client, manifest, s) for s in source]
+    picked = annotated_slices(manifest, target[0], ANNOTATED_SLICES)
+    train_id = upload(client, manifest, target[0], annotated=picked)
+    target_ids = [upload(client, manifest, s) for s in target[1:]]
 
     print(f"pretraining a source model on {SOURCE_SITE} ...", flush=True)
     job = client.post("/v1/pretrainings", json={"train_scan_ids": source_ids, "options": PRETRAIN})
@@ -149,7 +151,7 @@ def run_demo(client: httpx.Client, data: Path, manifest: dict[str, Any], out: Pa
     done = follow(client, job.json()["id"], "adaptation")
 
     out.mkdir(parents=True, exist_ok=True)
-    names = dict(zip(target_ids, (s["id"] for s in target[1:]), strict=True))
+    names = dict(zip(target_ids, (s.id for s in target[1:]), strict=True))
     for mask in client.get(f"/v1/jobs/{done['id']}/masks").json()["items"]:
         data_bytes = client.get(f"/v1/masks/{mask['id']}").content
         (out / f"{names[mask['scan_id']]}_mask.nii.gz").write_bytes(data_bytes)
@@ -185,7 +187,7 @@ def main() -> None:
             key = spottune("admin", "create-clinic", "demo-clinic", env=env).strip()
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
                               headers={"Authorization": f"Bearer {key}"}) as client:
-                run_demo(client, args.data, manifest, args.out)
+                run_demo(client, manifest, args.out)
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(60)
