@@ -12,7 +12,8 @@ class ManifestError(ValueError):
 
 
 class ManifestScan(BaseModel):
-    """One scan: image and brain mask, relative to the manifest's folder."""
+    """One scan: image and brain mask (paths relative to the manifest's folder), and from
+    version 2 on the subject's mask on the common grid (``reference_mask``)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -22,6 +23,7 @@ class ManifestScan(BaseModel):
     subject: str
     image: str
     mask: str
+    reference_mask: str | None = None
 
 
 class Manifest(BaseModel):
@@ -58,6 +60,13 @@ class Manifest(BaseModel):
 
     def mask_path(self, scan: ManifestScan) -> Path:
         return self.root / scan.mask
+
+    def reference_mask_path(self, scan: ManifestScan) -> Path:
+        """The scan's mask on the common grid; ValueError for a version-1 manifest."""
+        if scan.reference_mask is None:
+            raise ValueError(f"{self.root / 'manifest.json'} (version {self.version}) has no "
+                             "reference masks; prepare the data again")
+        return self.root / scan.reference_mask
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -101,6 +101,7 @@ def test_the_manifest_reader_reads_what_prepare_writes(built: Path, tmp_path: Pa
     scans = manifest.scans_of(site)
     assert len(scans) == 3 and all(s.site == site for s in scans)
     assert manifest.image_path(scans[0]).is_file() and manifest.mask_path(scans[0]).is_file()
+    assert manifest.reference_mask_path(scans[0]).is_file()
     with pytest.raises(ValueError, match="sites: "):
         manifest.scans_of("nowhere")
     (tmp_path / "manifest.json").write_text('{"scans": 3}')
