@@ -17,6 +17,7 @@ ALLOWED = {
     "data": {"contract", "ml"},
     "app": {"contract", "core", "ml"},
     "worker": {"contract", "core", "ml"},
+    "client": {"contract", "signing"},
 }
 
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
+from spottune.contract import PolicyReport
+
 if TYPE_CHECKING:
     from spottune.client.client import Client
 
@@ -116,14 +118,13 @@ class Mask(Resource):
     created_at: datetime
 
 
-class Policy(Resource):
-    """Per-gate fine-tune probabilities of a SpotTUnet adaptation (``policy`` as the API sends
-    it: gate names and stages, probability, lambda, method)."""
+class Policy(PolicyReport):
+    """The policy a SpotTUnet adaptation learned, as the API sends it: per gate and per stage how
+    often the fine-tuned twin was chosen, the gates fine-tuned, lambda, method and policy kind."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     job_id: uuid.UUID
-    policy: dict[str, Any] = {}
 
 
 class Webhook(Resource):

@@ -23,4 +23,6 @@ def test_a_whole_session(service: Service, files: Files, tmp_path: Path) -> None
     report = client.download_report(job, tmp_path / "report.html")
     assert job.succeeded and [m.name for m in masks] == [f"{target.id}_mask.nii.gz"]
     assert nib.load(masks[0]).shape == SHAPE and "<html" in report.read_text().lower()
-    assert client.policy(job).policy["gate_names"] and job.model_id != model_id
+    policy = client.policy(job)
+    assert policy.gates and policy.gates[0].name == "init.conv" and job.model_id != model_id
+    assert {s.stage for s in policy.stages} == {g.stage for g in policy.gates}
