@@ -9,7 +9,7 @@ import pydicom
 
 from spottune.client import Client
 from spottune.ml.checkpoint import save_checkpoint
-from spottune.ml.network import build_model
+from spottune.ml.factory import build_model
 from tests.client.conftest import Service
 from tests.dicom_series import GEOMETRIES, phantom, series_datasets, series_zip
 from tests.worker.helpers import tiny_config

@@ -74,7 +74,7 @@ def test_503_answers_are_retried_and_the_job_is_queued_once(
 
 def _tiny_model(folder: Path) -> tuple[Path, Path]:
     from spottune.ml.checkpoint import save_checkpoint
-    from spottune.ml.network import build_model
+    from spottune.ml.factory import build_model
     from tests.worker.helpers import tiny_config
 
     config = tiny_config()
