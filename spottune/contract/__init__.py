@@ -36,13 +36,19 @@ from spottune.contract.params import (
     SegmentationParams,
     parse_params,
 )
-from spottune.contract.policy import PolicyGate, PolicyRecord, PolicyReport, PolicyStage
+from spottune.contract.policy import (
+    PolicyGate,
+    PolicyRecord,
+    PolicyReport,
+    PolicyStage,
+    ReplicateSummary,
+)
 
 __all__ = [
     "ACTIVE_STATUSES", "DEVICES", "MAX_SCANS_PER_JOB", "METHODS", "PARAMS_OF", "POLICY_KINDS",
     "AdaptationOptions", "AdaptationParams", "Device", "InPlaneSpacing", "JobKind", "JobParams",
     "JobResult", "JobStatus", "Method", "MetricsSummary", "PhaseMean", "PolicyGate",
     "PolicyKind", "PolicyRecord", "PolicyReport", "PolicyStage", "PretrainingOptions",
-    "PretrainingParams", "ScanScore", "ScorePhase", "SegmentationOptions", "SegmentationParams",
-    "SpacingMm", "parse_params",
+    "PretrainingParams", "ReplicateSummary", "ScanScore", "ScorePhase", "SegmentationOptions",
+    "SegmentationParams", "SpacingMm", "parse_params",
 ]

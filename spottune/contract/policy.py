@@ -25,6 +25,8 @@ class PolicyRecord:
     policy: str
     lambda_reg: float | None
     method: str
+    replicates: dict[str, Any] | None = None
+    """With replicated adaptations: ReplicateSummary fields of the delivered replicate's job."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +48,44 @@ class PolicyStage(BaseModel):
     frequency: float = Field(description="Mean frequency of the stage's gates, 0..1.")
 
 
+class ReplicateSummary(BaseModel):
+    """Replicated adaptation: how far the seeds' policies agree, and which one was delivered."""
+
+    seeds: list[int] = Field(description="Seed of each replicate.")
+    delivered_seed: int = Field(description="The replicate whose model and masks were delivered.")
+    reason: str = Field(description="Why that replicate was delivered.")
+    agreement: float | None = Field(
+        description="Mean pairwise Spearman correlation of the replicates' per-gate fine-tune "
+                    "probabilities (1: the same ranking every time); the policy's confidence.")
+    validation_sdice: list[float | None] = Field(
+        default_factory=list, description="Mean surface Dice of each replicate on the "
+                                          "validation scans, where there are any.")
+
+
+def describe_shift(stages: list[PolicyStage]) -> str:
+    """In words: which stages the policy fine-tuned (strongest first) and which it kept."""
+    tuned = sorted((s for s in stages if s.frequency > FINETUNED_AT),
+                   key=lambda s: -s.finetune_probability)
+    kept = [s.stage for s in stages if s.frequency <= FINETUNED_AT]
+    if not tuned:
+        return ("The policy kept the source weights almost everywhere: this scanner's images are "
+                "close enough to the source's that no stage needed fine-tuning.")
+    named = ", ".join(f"{s.stage} ({s.finetune_probability:.2f})" for s in tuned)
+    kinds = {"early" if s.stage in ("init", "down1")
+             else "decoder" if s.stage.startswith(("up", "out")) else "other"
+             for s in tuned if s.stage != "skip"}
+    if kinds == {"early"}:
+        kind = "the first stages (low-level features: intensity, contrast, noise)"
+    elif kinds == {"decoder"}:
+        kind = "the decoder (how features are turned into a mask)"
+    else:
+        kind = "several depths of the network"
+    text = f"The shift lives in {kind}: the policy fine-tuned {named}."
+    if kept:
+        text += f" It kept the source weights in {', '.join(kept)}."
+    return text
+
+
 class PolicyReport(BaseModel):
     """Which blocks of the U-Net the learned policy fine-tunes: where the domain shift lives."""
 
@@ -57,6 +97,10 @@ class PolicyReport(BaseModel):
     finetuned_gates: list[str] = Field(
         description=f"Gates whose fine-tuned twin is chosen for at least {FINETUNED_AT:.0%} of "
                     "the slices.")
+    shift: str = Field(description="Where the domain shift lives, in words: the stages the "
+                                   "policy fine-tuned, strongest first, and those it kept.")
+    replicates: ReplicateSummary | None = Field(
+        default=None, description="Present when the adaptation was replicated over seeds.")
 
     @classmethod
     def from_record(cls, record: PolicyRecord | dict[str, Any]) -> PolicyReport:
@@ -80,4 +124,5 @@ class PolicyReport(BaseModel):
             "method": rec.method, "policy": rec.policy, "lambda_reg": rec.lambda_reg,
             "gates": gates, "stages": stages,
             "finetuned_gates": [g.name for g in gates if g.frequency >= FINETUNED_AT],
+            "shift": describe_shift(stages), "replicates": rec.replicates,
         })

@@ -78,29 +78,6 @@ def stage_summary(record: PolicyRecord) -> list[dict[str, Any]]:
     return [stage.model_dump() for stage in PolicyReport.from_record(record).stages]
 
 
-FINETUNED = 0.5  # a stage whose gates choose the fine-tuned twin more often than this
-
-
 def where_the_shift_lives(record: PolicyRecord) -> str:
     """One or two sentences naming the stages the policy fine-tuned, strongest first."""
-    stages = stage_summary(record)
-    tuned = sorted((s for s in stages if s["frequency"] > FINETUNED),
-                   key=lambda s: -s["finetune_probability"])
-    kept = [s["stage"] for s in stages if s["frequency"] <= FINETUNED]
-    if not tuned:
-        return ("The policy kept the source weights almost everywhere: this scanner's images are "
-                "close enough to the source's that no stage needed fine-tuning.")
-    named = ", ".join(f"{s['stage']} ({s['finetune_probability']:.2f})" for s in tuned)
-    depth = {name: "early" for name in ("init", "down1")}
-    kinds = {depth.get(s["stage"], "decoder" if s["stage"].startswith(("up", "out")) else "other")
-             for s in tuned if s["stage"] != "skip"}
-    if kinds == {"early"}:
-        kind = "the first stages (low-level features: intensity, contrast, noise)"
-    elif kinds == {"decoder"}:
-        kind = "the decoder (how features are turned into a mask)"
-    else:
-        kind = "several depths of the network"
-    text = f"The shift lives in {kind}: the policy fine-tuned {named}."
-    if kept:
-        text += f" It kept the source weights in {', '.join(kept)}."
-    return text
+    return PolicyReport.from_record(record).shift

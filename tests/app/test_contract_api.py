@@ -82,12 +82,15 @@ def test_validation_scans_are_checked_like_train_scans(
     model, train, target = _setup(client, clinic_a, weights_bytes, phantom)
     held_out = str(upload_scan(client, clinic_a, phantom[0], phantom[1])["id"])
     foreign = str(upload_scan(client, clinic_b, phantom[0], phantom[1])["id"])
+    partial = str(upload_scan(client, clinic_a, phantom[0], phantom[1],
+                              annotated_slices="1,2")["id"])
     base = {"model_id": model, "train_scan_ids": [train]}
     cases = [
         ([foreign], 404, "not_found"),  # another clinic's scan reads as a missing one
         ([str(uuid.uuid4())], 404, "not_found"),
         ([target], 422, "scan_without_mask"),
         ([train], 422, "invalid_request"),  # also a train scan: it would not be held out
+        ([partial], 422, "invalid_request"),  # scored as a whole volume: needs a full mask
     ]
     before = counts(session_factory)
     for ids, status, code in cases:

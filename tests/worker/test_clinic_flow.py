@@ -77,7 +77,8 @@ def test_pretrain_adapt_with_each_method_and_segment(client: TestClient) -> None
     train = [_upload(client, 20, "b"), _upload(client, 21, "b", annotated="[4, 8]")]
     targets = [_upload(client, 22, "b"), _upload(client, 23, "b", mask=False)]
     validation = [_upload(client, 24, "b")]
-    runs = [(method, {}) for method in METHODS] + [("spottune", {"policy": "global"})]
+    runs = [(method, {}) for method in METHODS] + [("spottune", {"policy": "global"}),
+                                                   ("spottune", {"replicates": 2})]
     jobs = {
         _submit(client, "/v1/adaptations", {
             "model_id": source, "train_scan_ids": train, "target_scan_ids": targets,
@@ -97,11 +98,23 @@ def test_pretrain_adapt_with_each_method_and_segment(client: TestClient) -> None
         masks = client.get(f"/v1/jobs/{job_id}/masks").json()["items"]
         assert sorted(m["scan_id"] for m in masks) == sorted(targets)
         _check_mask(client, masks[0]["id"])
-        # the first target has a mask: Dice before (base model) and after (adapted)
+        # the first target has a mask: Dice before (base model) and after (adapted); so has
+        # the validation scan, which no replicate trained on
         assert set(result["metrics"]["mean"]) == {"before", "after"}
+        scored = {(m["scan_id"], m["phase"]) for m in result["metrics"]["per_scan"]}
+        assert {(validation[0], "before"), (validation[0], "after")} <= scored
         report = client.get(f"/v1/jobs/{job_id}/report")
         assert report.status_code == 200 and "<html" in report.text.lower()
+        assert "Validation scans" in report.text
         assert client.get(f"/v1/jobs/{job_id}/report.png").content[:4] == b"\x89PNG"
+
+    replicated = list(jobs)[-1]
+    policy = client.get(f"/v1/jobs/{replicated}/policy").json()
+    assert policy["replicates"]["seeds"] == [0, 1]
+    assert policy["replicates"]["delivered_seed"] in (0, 1)
+    assert "validation" in policy["replicates"]["reason"]
+    assert len(policy["replicates"]["validation_sdice"]) == 2
+    assert "Replicates" in client.get(f"/v1/jobs/{replicated}/report").text
 
     spottune_job = next(j for j, m in jobs.items() if m == "spottune")
     policy = client.get(f"/v1/jobs/{spottune_job}/policy").json()
@@ -109,6 +122,8 @@ def test_pretrain_adapt_with_each_method_and_segment(client: TestClient) -> None
     assert all(0.0 <= g["finetune_probability"] <= 1.0 for g in policy["gates"])
     assert {s["stage"] for s in policy["stages"]} == {g["stage"] for g in policy["gates"]}
     assert (policy["method"], policy["policy"]) == ("spottune", "instance")
+    assert policy["shift"].startswith(("The shift lives", "The policy kept"))
+    assert policy["replicates"] is None
 
     segment = _submit(client, "/v1/segmentations", {
         "model_id": results[spottune_job]["model_id"], "scan_ids": targets})

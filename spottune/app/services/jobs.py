@@ -85,6 +85,13 @@ def create_adaptation(
     target = _scans(session, clinic_id, req.target_scan_ids, "target_scan_ids", need_mask=False)
     validation = _scans(session, clinic_id, req.validation_scan_ids, "validation_scan_ids",
                         need_mask=True)
+    partial = [str(s.id) for s in validation if s.annotated_slices is not None]
+    if partial:
+        raise Invalid(
+            f"validation_scan_ids: scan {partial[0]} is annotated on some slices only; validation "
+            "scans are scored as whole volumes, so they need a full mask",
+            code="invalid_request",
+        )
     overlap = sorted(str(i) for i in set(_ids(train)) & set(_ids(validation)))
     if overlap:
         raise Invalid(
