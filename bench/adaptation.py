@@ -60,7 +60,11 @@ def _run(unit: dict[str, Any], deadline: float) -> dict[str, Any] | None:
     assert _RUNNER is not None
     if not _RUNNER.result_path(unit).is_file() and time.time() > deadline:
         return None
-    return _RUNNER.run(unit)
+    try:
+        return _RUNNER.run(unit)
+    except Exception:  # one failing unit must not lose the others: it stays uncached, reported
+        log.exception("unit %s failed", unit_key(unit))
+        return None
 
 
 def _setup(threads: int) -> None:

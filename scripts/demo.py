@@ -32,7 +32,9 @@ SOURCE_SITE, TARGET_SITE = "siemens15", "philips3"  # T1 -> T2-like: a large dom
 SPACING_MM = 3.0  # the quick benchmark's voxels
 PRETRAIN = {"width": 8, "depth": 3, "blocks_per_stage": 1, "spacing_mm": [SPACING_MM] * 2,
             "patch_size": 64, "iterations": 300, "batch_size": 16, "learning_rate": 0.01}
-ADAPT = {"iterations": 150, "batch_size": 16, "learning_rate": 0.01, "policy_learning_rate": 0.01}
+# No learning rates: the service derives them from the iteration budget (0.05 for 150 iterations,
+# the policy's 10x that), as it does for any clinic that leaves them out.
+ADAPT = {"iterations": 150, "batch_size": 16}
 ANNOTATED_SLICES = 5  # axial slices of one target-site scan the clinic annotated
 
 

@@ -45,7 +45,8 @@ class _AgentBlock(nn.Module):
         self.norm2 = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = F.pad(F.avg_pool2d(x, 2), (0, 0, 0, 0, 0, self.pad_channels))
+        # ceil_mode: the same output size as the stride-2 conv for odd inputs too
+        shortcut = F.pad(F.avg_pool2d(x, 2, ceil_mode=True), (0, 0, 0, 0, 0, self.pad_channels))
         h = F.relu(self.norm1(self.conv1(x)))
         return F.relu(shortcut + self.norm2(self.conv2(h)))
 

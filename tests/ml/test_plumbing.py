@@ -122,3 +122,15 @@ def test_agent_sees_one_scale_in_training_and_inference(
     hook.remove()
     assert seen == [(2, 1, 32, 32)]
     assert agent_stride_for(64) == 2 and agent_stride_for(256) == 8
+
+
+@pytest.mark.parametrize("shape", [(88, 104), (36, 20), (40, 24), (72, 56)])
+def test_agent_accepts_whole_slices_of_any_padded_size(shape: tuple[int, int]) -> None:
+    """Whole slices (cropped to the head, padded to the U-Net's multiple) reach the agent at
+    sizes that halve to odd numbers; every stride-2 block must still line up."""
+    from spottune.ml.policy import InstancePolicy
+
+    for stride in (1, 2, 8):
+        agent = InstancePolicy(5, 1, stride).eval()
+        with torch.no_grad():
+            assert agent(torch.rand(2, 1, *shape)).shape == (2, 5, 2)
