@@ -62,27 +62,32 @@ class ReplicateSummary(BaseModel):
                                           "validation scans, where there are any.")
 
 
-def describe_shift(stages: list[PolicyStage]) -> str:
-    """In words: which stages the policy fine-tuned (strongest first) and which it kept."""
-    tuned = sorted((s for s in stages if s.frequency > FINETUNED_AT),
-                   key=lambda s: -s.finetune_probability)
-    kept = [s.stage for s in stages if s.frequency <= FINETUNED_AT]
+def describe_shift(gates: list[PolicyGate], stages: list[PolicyStage]) -> str:
+    """In words: the blocks the policy fine-tuned, grouped by stage (the stage with the most
+    decisive fine-tuning first), and the stages it kept whole."""
+    tuned = [g for g in gates if g.frequency >= FINETUNED_AT]
     if not tuned:
-        return ("The policy kept the source weights almost everywhere: this scanner's images are "
-                "close enough to the source's that no stage needed fine-tuning.")
-    named = ", ".join(f"{s.stage} ({s.finetune_probability:.2f})" for s in tuned)
-    kinds = {"early" if s.stage in ("init", "down1")
-             else "decoder" if s.stage.startswith(("up", "out")) else "other"
-             for s in tuned if s.stage != "skip"}
+        return ("The policy kept the source weights everywhere: this scanner's images are close "
+                "enough to the source's that no block needed fine-tuning.")
+    by_stage: dict[str, list[PolicyGate]] = {}
+    for gate in tuned:
+        by_stage.setdefault(gate.stage, []).append(gate)
+    order = sorted(by_stage, key=lambda st: -max(g.finetune_probability for g in by_stage[st]))
+    named = "; ".join(f"{st} ({', '.join(g.name for g in by_stage[st])})" for st in order)
+    kinds = {"early" if st in ("init", "down1")
+             else "decoder" if st.startswith(("up", "out")) else "other"
+             for st in by_stage if st != "skip"}
     if kinds == {"early"}:
-        kind = "the first stages (low-level features: intensity, contrast, noise)"
+        kind = "in the first stages (low-level features: intensity, contrast, noise)"
     elif kinds == {"decoder"}:
-        kind = "the decoder (how features are turned into a mask)"
+        kind = "in the decoder (how features are turned into a mask)"
     else:
-        kind = "several depths of the network"
-    text = f"The shift lives in {kind}: the policy fine-tuned {named}."
+        kind = "at several depths of the network"
+    kept = [st.stage for st in stages if st.stage not in by_stage]
+    text = (f"The shift lives {kind}: the policy fine-tuned {len(tuned)} of {len(gates)} blocks - "
+            f"{named}.")
     if kept:
-        text += f" It kept the source weights in {', '.join(kept)}."
+        text += f" It kept every block of {', '.join(kept)}."
     return text
 
 
@@ -124,5 +129,5 @@ class PolicyReport(BaseModel):
             "method": rec.method, "policy": rec.policy, "lambda_reg": rec.lambda_reg,
             "gates": gates, "stages": stages,
             "finetuned_gates": [g.name for g in gates if g.frequency >= FINETUNED_AT],
-            "shift": describe_shift(stages), "replicates": rec.replicates,
+            "shift": describe_shift(gates, stages), "replicates": rec.replicates,
         })
