@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="results name [adaptation-<profile>]")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no new unit after this long; what finished stays cached")
+    parser.add_argument("--fold-order", help="e.g. 1,2,0: run these folds' adaptations first "
+                        "(all pairs of a fold before the next fold) [plan order: pair by pair]")
     parser.add_argument("--table-only", action="store_true", help="run nothing, table the cache")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... [auto]")
     parser.add_argument("--jobs", type=int, default=1, help="processes (CPU: one per core)")
@@ -195,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                  args.profile, device, len(units), len(units) - len(todo), len(todo), args.jobs)
         models = [u for u in todo if u["kind"] in ("source", "oracle", "ceiling")]
         evals = [u for u in todo if u not in models]
+        if args.fold_order:  # which folds finish first when a sitting ends before the profile
+            rank = [int(f) for f in args.fold_order.split(",")]
+            evals.sort(key=lambda u: rank.index(u["fold"]) if u["fold"] in rank else len(rank))
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max(1, args.jobs), mp_context=context, initializer=_init,
                                  initargs=(args.data, cache, profile, device,
