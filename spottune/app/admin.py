@@ -1,4 +1,4 @@
-"""Operator functions behind ``spottune admin create-clinic`` / ``revoke-key``.
+"""Operator functions behind ``spottune admin create-clinic`` / ``revoke-key`` / ``purge-clinic``.
 
 The typer commands live in ``spottune.cli.service_commands``; these are plain functions.
 """
@@ -121,3 +121,21 @@ def revoke_clinic_keys(
         count = clinic_repo.revoke_keys(session, clinic_id=clinic.id, at=utcnow())
         session.commit()
     return count
+
+
+def purge_clinic(
+    name: str,
+    *,
+    session_factory: sessionmaker[Session] | None = None,
+    settings: Settings | None = None,
+) -> dict[str, int]:
+    """Delete clinic ``name`` and all its data (keys, scans, models, jobs, artefacts)."""
+    from spottune.app.services.erase import purge_clinic as purge
+
+    with _factory(session_factory, settings)() as session:
+        clinic = clinic_repo.clinic_by_name(session, name.strip())
+        if clinic is None:
+            raise AdminError(f"no clinic named {name!r}")
+        counts = purge(session, clinic.id)
+        session.commit()
+    return counts

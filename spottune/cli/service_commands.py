@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +22,9 @@ admin_app = typer.Typer(no_args_is_help=True)
 
 WORKER_STOP_GRACE_S = 20.0  # warm shutdown (~5-10 s when idle); then cold: the job is re-queued
 
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 KEEP_ALIVE_S = 75
 """Idle keep-alive seconds of the API's connections: longer than clients' pool expiry (httpx: 5 s,
@@ -94,12 +102,22 @@ def worker(
     celery_app.worker_main(worker_argv(queue, concurrency, pool, loglevel))
 
 
+def _term_when_parent_dies() -> None:
+    """In the child before exec: SIGTERM it if `serve` dies without stopping it (SIGKILL, OOM)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: `serve` still stops it on every signal
+        pass
+
+
 def _start_worker() -> subprocess.Popen[bytes]:
     # Its own session: Ctrl-C reaches `serve`, which then stops the worker in order.
     # One local worker takes both queues: jobs asking for the CPU run here too.
     return subprocess.Popen(
         [sys.executable, "-m", "spottune.cli.main", "worker", "--queue", "gpu,cpu", "--allow-cpu"],
         start_new_session=True,
+        preexec_fn=_term_when_parent_dies if sys.platform == "linux" else None,
     )
 
 
@@ -137,15 +155,36 @@ def serve(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logger.info("database %s, broker %s", settings.database_url, settings.broker_url)
     migrate()
+    server = uvicorn.Server(uvicorn.Config(
+        "spottune.app.main:create_app", factory=True, host=host, port=port,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    ))
+    previous = _stop_on_signals(server)
     proc = _start_worker() if with_worker else None
     try:
-        uvicorn.run(
-            "spottune.app.main:create_app", factory=True, host=host, port=port,
-            timeout_keep_alive=KEEP_ALIVE_S,
-        )
+        server.run()
     finally:
         if proc is not None:
             _stop_worker(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_on_signals(server: uvicorn.Server) -> dict[int, Any]:
+    """SIGTERM, SIGINT and SIGHUP stop the API gracefully, then `serve` stops its worker.
+
+    uvicorn handles SIGINT and SIGTERM itself while it runs, and afterwards raises the signal
+    again with the handlers it found: with the default handler that killed `serve` before it
+    reached its worker shutdown, leaving the worker training, reparented to init. These handlers
+    only ask uvicorn to exit, so `serve` always reaches the `finally` that stops the worker.
+    SIGHUP (a closed terminal) is not uvicorn's: it gets the same treatment here.
+    """
+
+    def stop(signum: int, _frame: object) -> None:
+        logger.info("%s received: stopping the API, then the worker", signal.Signals(signum).name)
+        server.should_exit = True
+
+    return {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
 
 
 @admin_app.command("create-clinic")
@@ -190,3 +229,24 @@ def revoke_key(key_or_prefix: str = typer.Argument(..., help="The key or its fir
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error
     typer.echo(f"revoked {count} key(s)")
+
+
+@admin_app.command("purge-clinic")
+def purge_clinic(
+    name: str = typer.Argument(..., help="The clinic to remove."),
+    yes: bool = typer.Option(False, "--yes", help="Confirm: this cannot be undone."),
+) -> None:
+    """Remove a clinic and ALL its data: keys, scans, models, jobs and every artefact."""
+    from spottune.app import admin
+
+    if not yes:
+        typer.echo(f"this deletes clinic {name!r} and all its data; add --yes to confirm", err=True)
+        raise typer.Exit(2)
+    try:
+        counts = admin.purge_clinic(name)
+    except admin.AdminError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"purged clinic {name}: " + ", ".join(f"{n} {t}" for t, n in counts.items() if n))
+    typer.echo("deleted rows may linger in database files and backups: see docs/data-retention.md",
+               err=True)

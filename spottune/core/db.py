@@ -23,6 +23,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # Deleted scans must not linger in free pages of the file: overwrite them with zeros.
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -110,6 +111,8 @@ class BlobChunk(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    # fair share: when did each clinic last start a job (spottune.app.fairshare)
+    __table_args__ = (Index("ix_jobs_clinic_started", "clinic_id", "started_at"),)
     id: Mapped[uuid.UUID] = _id()
     clinic_id: Mapped[uuid.UUID] = _clinic_fk()
     kind: Mapped[JobKind] = mapped_column(_str_enum(JobKind, "job_kind"), nullable=False)

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     max_voxels: int = Field(default=512**3, gt=0)
     clinic_max_concurrent_jobs: int = Field(default=4, ge=1)
     clinic_max_stored_bytes: int = Field(default=20 * GIB, gt=0)
+    # Requests per API key (0: no limit); several API processes each allow this rate.
+    rate_limit_per_minute: int = Field(default=6000, ge=0)
+    rate_limit_burst: int = Field(default=600, ge=1)
+    job_retry_after_s: int = Field(default=30, ge=1)  # Retry-After of a 429 at the job limit
+    readiness_cache_s: float = Field(default=2.0, ge=0)  # /readyz answers from a recent check
     job_max_attempts: int = Field(default=3, ge=1)
     heartbeat_timeout_s: float = Field(default=120.0, gt=0)
     reconcile_interval_s: float = Field(default=15.0, gt=0)

@@ -48,6 +48,8 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
 
 app = create_worker_app()
 
+from spottune.worker import shutdown  # noqa: E402, F401  (connects the shutdown hook)
+
 _reconciler_stop = threading.Event()
 _webhooks_stop = threading.Event()
 

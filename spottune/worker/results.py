@@ -13,11 +13,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from spottune.contract import PolicyRecord, ScanScore
+from spottune.contract import JobStatus, PolicyRecord, ScanScore
 from spottune.core import job_state
 from spottune.core.blobs import write_blob
 from spottune.core.formats import NIFTI_GZ, SAFETENSORS
-from spottune.core.models import Mask, Metric, Model, Policy, Report
+from spottune.core.models import Job, Mask, Metric, Model, Policy, Report
 from spottune.ml.loop import Cancelled
 
 
@@ -45,14 +45,27 @@ class JobOutput:
     metrics: list[ScanScore] = field(default_factory=list)
 
 
-def store(session: Session, job_id: uuid.UUID, attempt: int, output: JobOutput) -> str:
-    """Write ``output`` and mark the job succeeded; the caller's transaction commits it all."""
+def _lock_uncancelled(session: Session, job_id: uuid.UUID, attempt: int) -> Job:
+    session.expire(session.get(Job, job_id))  # re-read: a cancel may have come in meanwhile
     job = job_state.lock_owned(session, job_id, attempt)
     if job.cancel_requested:
         raise Cancelled("cancel requested before results were stored")
+    return job
+
+
+def store(session: Session, job_id: uuid.UUID, attempt: int, output: JobOutput) -> str:
+    """Write ``output`` and mark the job succeeded; the caller's transaction commits it all.
+
+    Writing large outputs takes a while, and a clinic's cancel must not wait for it: the job
+    row is locked only at the end, to re-check ownership and cancel and mark it succeeded. A
+    cancel that came in meanwhile wins: Cancelled is raised and everything written rolls back.
+    """
+    job = session.get(Job, job_id)
+    if job is None or job.status != JobStatus.RUNNING or job.attempts != attempt:
+        raise job_state.JobLost(str(job_id))
     done = job_state.existing_result(session, job_id)
     if done is not None:
-        job_state.mark_succeeded(job, done)
+        job_state.mark_succeeded(_lock_uncancelled(session, job_id, attempt), done)
         return "succeeded (results already stored)"
     clinic_id = job.clinic_id
     model_id = output.masks_model_id
@@ -82,6 +95,8 @@ def store(session: Session, job_id: uuid.UUID, attempt: int, output: JobOutput) 
     for m in output.metrics:
         session.add(Metric(job_id=job_id, scan_id=m.scan_id, phase=m.phase, dice=m.dice,
                            sdice=m.sdice, hd95=m.hd95))
+    session.flush()
+    job = _lock_uncancelled(session, job_id, attempt)
     job_state.mark_succeeded(job, job_state.result_of(model_id, mask_ids, output.metrics))
     session.flush()
     return "succeeded"

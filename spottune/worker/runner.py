@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.contract import JobStatus, parse_params
-from spottune.core import job_state
+from spottune.core import fairshare, job_state
+from spottune.core.broker import Queue, queue_for
 from spottune.core.db import get_session_factory, session_scope
 from spottune.core.job_state import CANCELLED_REASON, JobLost
 from spottune.core.models import Job
@@ -30,6 +31,7 @@ from spottune.worker.registry import HANDLERS
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 2000
+PICK_TRIES = 5  # queued jobs tried per message when other workers claim them first
 
 
 def describe(exc: BaseException) -> str:
@@ -61,6 +63,29 @@ def _prepare(session: Session, job_id: uuid.UUID, worker: str,
     return job, attempt
 
 
+def _take_turn(session: Session, job_id: uuid.UUID, worker: str,
+               settings: Settings) -> tuple[Job, int] | str:
+    """A message is a turn for the queued job fair share picks (see :mod:`spottune.core.fairshare`)
+    among the jobs of its queue; the job it names is tried last (it may need settling, or
+    re-claiming after a lost worker)."""
+    named = session.get(Job, job_id)
+    queue = queue_for(named.params) if named is not None else Queue.GPU  # where it came from
+    tried: dict[uuid.UUID, str] = {}  # job -> why it was not run
+    while len(tried) < PICK_TRIES:
+        candidate = fairshare.next_job(session, exclude=tried, queue=queue)
+        if candidate is None:
+            break
+        prepared = _prepare(session, candidate, worker, settings)
+        if not isinstance(prepared, str):
+            if candidate != job_id:
+                logger.info("message for job %s runs job %s (fair share)", job_id, candidate)
+            return prepared
+        tried[candidate] = prepared
+    if job_id in tried:
+        return tried[job_id]
+    return _prepare(session, job_id, worker, settings)
+
+
 def run_job(job_id: str, worker: str = "worker", *, settings: Settings | None = None,
             device: torch.device | None = None) -> str:
     """Run one job to a terminal state; returns a short outcome (for logs and tests).
@@ -76,11 +101,12 @@ def run_job(job_id: str, worker: str = "worker", *, settings: Settings | None = 
         logger.error("ignoring message with a malformed job id %r", job_id)
         return "malformed id"
     with session_scope(factory) as session:
-        prepared = _prepare(session, jid, worker, settings)
+        prepared = _take_turn(session, jid, worker, settings)
         if isinstance(prepared, str):
             logger.info("job %s: %s", jid, prepared)
             return prepared
         job, attempt = prepared
+        jid = job.id  # fair share may have picked another job than the message names
         kind, clinic_id, raw_params = job.kind, job.clinic_id, dict(job.params)
 
     if device is None:

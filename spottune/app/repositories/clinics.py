@@ -26,7 +26,15 @@ def clinic_by_name(session: Session, name: str) -> Clinic | None:
 
 
 def lock_clinic(session: Session, clinic_id: uuid.UUID) -> None:
-    """Serialise quota checks of one clinic (row lock on Postgres; SQLite locks the database)."""
+    """Serialise quota checks of one clinic until the transaction ends.
+
+    Postgres: a row lock. SQLite ignores FOR UPDATE and has no row locks, so two uploads would
+    both read the same total and both pass; a no-op write takes the database's write lock now
+    instead (it waits for a concurrent writer, then reads the total that writer committed).
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Clinic).where(Clinic.id == clinic_id).values(name=Clinic.name))
+        return
     session.execute(select(Clinic.id).where(Clinic.id == clinic_id).with_for_update())
 
 

@@ -54,8 +54,20 @@ def _bad_weights(problem: str) -> Invalid:
     )
 
 
-def check_safetensors_header(data: bytes) -> None:
+def _read_head(handle: BinaryIO) -> bytes:
+    """The header-length prefix and the JSON header of a safetensors file (bounded size)."""
+    prefix = handle.read(8)
+    if len(prefix) < 8:
+        return prefix
+    (header_len,) = struct.unpack("<Q", prefix)
+    return prefix + handle.read(min(header_len, MAX_HEADER_BYTES))
+
+
+def check_safetensors_header(data: bytes, total_size: int | None = None) -> None:
     """Refuse anything that is not a well-formed safetensors file, without loading a tensor.
+
+    ``data`` is the file, or its first bytes (at least the whole header) when ``total_size``
+    gives the file's size.
 
     Pickles are refused first with their own message (nothing uploaded is ever unpickled). Then
     every tensor's declared shape and dtype must match its ``data_offsets`` exactly and the
@@ -68,10 +80,11 @@ def check_safetensors_header(data: bytes) -> None:
             "save the weights as .safetensors (safetensors.torch.save_file)",
             code="invalid_weights",
         )
-    if len(data) < 10:
+    total = len(data) if total_size is None else total_size
+    if total < 10 or len(data) < 10:
         raise _bad_weights("not a valid .safetensors file (too short)")
     (header_len,) = struct.unpack("<Q", data[:8])
-    if not 2 <= header_len <= min(MAX_HEADER_BYTES, len(data) - 8):
+    if not 2 <= header_len <= min(MAX_HEADER_BYTES, total - 8, len(data) - 8):
         raise _bad_weights("not a valid .safetensors file (header length out of range)")
     try:
         header = json.loads(data[8 : 8 + header_len])
@@ -79,7 +92,7 @@ def check_safetensors_header(data: bytes) -> None:
         header = None
     if not isinstance(header, dict):
         raise _bad_weights("not a valid .safetensors file (header is not a JSON object)")
-    _check_offsets(header, len(data) - 8 - header_len)
+    _check_offsets(header, total - 8 - header_len)
 
 
 def _tensor_bytes(key: str, entry: object) -> tuple[int, int, int]:
@@ -145,21 +158,23 @@ def create_model(
     if name is not None and not 1 <= len(name.strip()) <= 200:
         raise Invalid("name: give 1 to 200 characters", code="invalid_name")
     config = parse_config(config_text)
+    # Weights may be a gigabyte: they go from the upload to a file to the database in chunks,
+    # and only their header (names, shapes, dtypes, offsets) is ever read into memory.
     with tempfile.TemporaryDirectory(prefix="spottune-upload-") as tmp:
         path = Path(tmp) / "weights.safetensors"
         size = spool(weights, path, settings.max_upload_bytes, "weights")
-        data = path.read_bytes()
-    check_safetensors_header(data)
-    try:
-        validate_weights(data, ModelConfig.model_validate(config))
-    except CheckpointError as exc:
-        raise Invalid(f"weights do not match the config: {exc}", code="invalid_weights") from None
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise Invalid(
-            f"weights: cannot be read as safetensors ({exc})", code="invalid_weights"
-        ) from None
-    check_storage(session, settings, clinic_id, size)
-    blob = blobs.write_blob(session, clinic_id, data, WEIGHTS_CONTENT_TYPE)
+        with path.open("rb") as handle:
+            head = _read_head(handle)
+            check_safetensors_header(head, size)
+            try:
+                validate_weights(head, ModelConfig.model_validate(config))
+            except CheckpointError as exc:
+                raise Invalid(
+                    f"weights do not match the config: {exc}", code="invalid_weights"
+                ) from None
+            check_storage(session, settings, clinic_id, size)
+            handle.seek(0)
+            blob = blobs.write_blob(session, clinic_id, handle, WEIGHTS_CONTENT_TYPE)
     model = Model(
         id=uuid.uuid4(),
         clinic_id=clinic_id,

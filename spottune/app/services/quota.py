@@ -37,5 +37,5 @@ def check_concurrency(session: Session, settings: Settings, clinic_id: uuid.UUID
         raise TooManyJobs(
             f"the clinic already has {active} queued or running jobs (limit {limit}); "
             "wait for one to finish or cancel one, then retry",
-            headers={"Retry-After": "30"},
+            headers={"Retry-After": str(settings.job_retry_after_s)},
         )

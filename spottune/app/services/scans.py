@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from spottune.app.errors import Conflict, Invalid, NotFound
 from spottune.app.repositories import jobs as job_repo
 from spottune.app.repositories import scans as scan_repo
-from spottune.app.services import dicom_scans
+from spottune.app.services import dicom_scans, erase
 from spottune.app.services.quota import check_storage
 from spottune.app.uploads import pick_suffix, spool
 from spottune.app.volume_guard import check_volume_file
@@ -181,7 +181,7 @@ def get_scan(session: Session, clinic_id: uuid.UUID, scan_id: uuid.UUID) -> Scan
 
 
 def delete_scan(session: Session, clinic_id: uuid.UUID, scan_id: uuid.UUID) -> None:
-    """Delete the scan, its blobs and what jobs derived from it (masks, metrics)."""
+    """Delete the scan, its blobs and what jobs derived from it (masks, metrics, reports)."""
     scan = get_scan(session, clinic_id, scan_id)
     key = str(scan_id)
     for job in job_repo.active_jobs(session, clinic_id):
@@ -196,13 +196,7 @@ def delete_scan(session: Session, clinic_id: uuid.UUID, scan_id: uuid.UUID) -> N
                 "cancel the job or wait for it to finish",
                 code="scan_in_use",
             )
-    for mask in scan_repo.masks_of_scan(session, scan_id):
-        mask_blob = mask.blob_id
-        session.delete(mask)
-        session.flush()
-        blobs.delete_blob(session, mask_blob)
-    for metric in scan_repo.metrics_of_scan(session, scan_id):
-        session.delete(metric)
+    erase.erase_scan_derivatives(session, clinic_id, scan_id)
     dicom_scans.delete_dicom_identity(session, scan_id)
     blob_ids = [scan.image_blob_id, scan.mask_blob_id]
     session.delete(scan)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from spottune.app.api.deps import SessionFactoryDep, SettingsDep
-from spottune.app.tasks import broker_reachable
 
 router = APIRouter(tags=["health"])
 
@@ -19,16 +17,9 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(factory: SessionFactoryDep, settings: SettingsDep) -> JSONResponse:
-    """Ready when both the database and the broker answer; 503 otherwise."""
-    checks: dict[str, str] = {}
-    try:
-        with factory() as session:
-            session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception:
-        checks["database"] = "unreachable"
-    checks["broker"] = "ok" if broker_reachable(settings) else "unreachable"
+def readyz(request: Request, factory: SessionFactoryDep, settings: SettingsDep) -> JSONResponse:
+    """Ready when both the database and the broker answer (a success is reused a moment)."""
+    checks = request.app.state.readiness.check(factory, settings)
     ready = all(v == "ok" for v in checks.values())
     body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
     if not ready:

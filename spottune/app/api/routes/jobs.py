@@ -31,6 +31,7 @@ from spottune.app.schemas.jobs import (
     PretrainingRequest,
     SegmentationRequest,
 )
+from spottune.app.services import erase
 from spottune.app.services import jobs as service
 from spottune.contract import PolicyReport
 from spottune.core.models import Job, JobKind, JobStatus
@@ -152,6 +153,17 @@ def cancel_job(
     session.commit()
     response.status_code = code
     return job_out(job)
+
+
+@router.delete(
+    "/v1/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=CONFLICT_RESPONSES
+)
+def delete_job(job_id: uuid.UUID, session: SessionDep, clinic: CurrentClinic) -> Response:
+    """Delete a finished job and its artefacts: masks, metrics, policy, report, adapted model
+    (409 while it is queued or running)."""
+    erase.delete_job(session, clinic.id, job_id)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/v1/jobs/{job_id}/policy", response_model=PolicyOut)
