@@ -20,7 +20,7 @@ from spottune.app.admin import create_clinic
 from spottune.core.db import create_db_engine, make_session_factory
 from spottune.ml.checkpoint import weights_to_bytes
 from spottune.ml.config import ModelConfig, Preprocessing
-from spottune.ml.network import build_model
+from spottune.ml.factory import build_model
 from tests.faults.services import free_port, wait_until
 from tests.worker.helpers import phantom_files
 

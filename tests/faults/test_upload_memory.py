@@ -35,7 +35,7 @@ def _peak_rss(pid: int) -> int:
 def _write_weights(path: Path) -> tuple[int, str]:
     """A valid safetensors file for BIG_CONFIG (zeros), written without holding it in memory."""
     from spottune.ml.config import ModelConfig
-    from spottune.ml.network import build_model
+    from spottune.ml.factory import build_model
 
     with torch.device("meta"):
         state = build_model(ModelConfig.model_validate(BIG_CONFIG)).state_dict()

@@ -74,7 +74,7 @@ def _clinic(client_headers: dict[str, str]) -> TestClient:
 def finished(worker) -> Finished:  # type: ignore[no-untyped-def]
     from spottune.app.admin import create_clinic
     from spottune.ml.checkpoint import weights_to_bytes
-    from spottune.ml.network import build_model
+    from spottune.ml.factory import build_model
 
     name = f"erase-{uuid.uuid4().hex[:8]}"
     created = create_clinic(name)

@@ -55,8 +55,8 @@ def test_new_clinic_waits_for_at_most_the_running_job(factory, worker) -> None:
 
 
 def test_a_message_is_a_turn_only_for_jobs_of_its_queue(factory, service_env) -> None:
-    from spottune.app import fairshare
-    from spottune.app.tasks import Queue
+    from spottune.core import fairshare
+    from spottune.core.broker import Queue
 
     with factory.begin() as session:
         clinic = add_clinic(session)
