@@ -32,13 +32,7 @@ def _imports(path: Path) -> set[str]:
     return {name for name in found if name.startswith("spottune.")}
 
 
-# Known exceptions, each to be moved into core: the webhook dispatcher renders the API's job
-# resource and reuses the API's webhook queries and destination check.
-EXCEPTIONS = {
-    ("worker/webhooks.py", "spottune.app.api.presenters"),
-    ("worker/webhooks.py", "spottune.app.repositories"),
-    ("worker/webhooks.py", "spottune.app.services.webhooks"),
-}
+EXCEPTIONS: set[tuple[str, str]] = set()  # (file, module) pairs allowed to break a rule
 
 
 @pytest.mark.parametrize("room", sorted(ALLOWED))

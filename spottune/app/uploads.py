@@ -98,3 +98,17 @@ def read_limited(source: BinaryIO, max_bytes: int, what: str) -> bytes:
     if len(data) > max_bytes:
         raise TooLarge(f"{what} exceeds {_mib(max_bytes)}")
     return data
+
+
+def check_annotated_slices(slices: list[int] | None, shape: tuple[int, ...]) -> None:
+    """Refuse annotated slice indices outside the volume (any axis may be the slicing one)."""
+    if slices is None:
+        return
+    bound = max(shape)
+    bad = [i for i in slices if not 0 <= i < bound]
+    if bad:
+        raise Invalid(
+            f"annotated_slices {bad} are outside 0..{bound - 1} for a volume of shape "
+            f"{list(shape)}",
+            code="invalid_annotated_slices",
+        )

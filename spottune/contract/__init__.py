@@ -27,11 +27,13 @@ from spottune.contract.params import (
     MAX_SCANS_PER_JOB,
     PARAMS_OF,
     AdaptationParams,
+    JobOut,
     JobParams,
     JobResult,
     MetricsSummary,
     PhaseMean,
     PretrainingParams,
+    ProgressOut,
     ScanScore,
     SegmentationParams,
     parse_params,
@@ -46,9 +48,9 @@ from spottune.contract.policy import (
 
 __all__ = [
     "ACTIVE_STATUSES", "DEVICES", "MAX_SCANS_PER_JOB", "METHODS", "PARAMS_OF", "POLICY_KINDS",
-    "AdaptationOptions", "AdaptationParams", "Device", "InPlaneSpacing", "JobKind", "JobParams",
-    "JobResult", "JobStatus", "Method", "MetricsSummary", "PhaseMean", "PolicyGate",
+    "AdaptationOptions", "AdaptationParams", "Device", "InPlaneSpacing", "JobKind", "JobOut",
+    "JobParams", "JobResult", "JobStatus", "Method", "MetricsSummary", "PhaseMean", "PolicyGate",
     "PolicyKind", "PolicyRecord", "PolicyReport", "PolicyStage", "PretrainingOptions",
-    "PretrainingParams", "ReplicateSummary", "ScanScore", "ScorePhase", "SegmentationOptions",
-    "SegmentationParams", "SpacingMm", "parse_params",
+    "PretrainingParams", "ProgressOut", "ReplicateSummary", "ScanScore", "ScorePhase",
+    "SegmentationOptions", "SegmentationParams", "SpacingMm", "parse_params",
 ]

@@ -8,11 +8,12 @@ re-reads every scan and model from the database, owned by the job's clinic.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from spottune.contract.kinds import Device, JobKind, Method, ScorePhase
+from spottune.contract.kinds import Device, JobKind, JobStatus, Method, ScorePhase
 from spottune.contract.options import (
     AdaptationOptions,
     PretrainingOptions,
@@ -109,3 +110,28 @@ class JobResult(BaseModel):
     mask_ids: list[uuid.UUID] = Field(description="One mask per segmented scan.")
     metrics: MetricsSummary = Field(default_factory=MetricsSummary)
 
+
+
+class ProgressOut(BaseModel):
+    step: int
+    total: int
+    loss: float | None
+    eta_seconds: float | None
+
+
+class JobOut(BaseModel):
+    """A job as GET /v1/jobs/{id} shows it (and webhooks deliver it)."""
+
+    id: uuid.UUID
+    kind: JobKind
+    status: JobStatus
+    params: dict[str, Any]
+    progress: ProgressOut
+    attempts: int
+    cancel_requested: bool
+    error: str | None
+    result: JobResult | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None

@@ -25,12 +25,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from spottune import signing
-from spottune.app.api.presenters import job_out
-from spottune.app.repositories import webhooks as repo
-from spottune.app.services.webhooks import UnsafeAddress, check_destination
+from spottune.core import webhooks as repo
 from spottune.core.db import get_session_factory, session_scope
+from spottune.core.job_view import job_out
 from spottune.core.models import DeliveryStatus, Job, Webhook, WebhookDelivery, utcnow
 from spottune.core.settings import Settings, get_settings
+from spottune.core.webhooks import UnsafeAddress, check_destination
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.core.blobs import write_blob
@@ -100,3 +101,20 @@ def wait_job(factory: sessionmaker[Session], job_id: uuid.UUID, timeout: float =
             raise AssertionError(f"job {job_id} still {job.status} after {timeout} s "
                                  f"(error={job.error})")
         time.sleep(0.2)
+
+
+def submit_job(client: TestClient, path: str, body: dict[str, Any]) -> str:
+    """POST a job through the API; its id (the request must be accepted)."""
+    response = client.post(path, json=body)
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def wait_succeeded(client: TestClient, job_id: str, timeout: float = 90) -> dict[str, Any]:
+    """Poll the job's status until it ends; it must have succeeded."""
+    deadline = time.monotonic() + timeout
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+    assert job["status"] == "succeeded", job
+    return dict(job)

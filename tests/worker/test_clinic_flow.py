@@ -14,7 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from spottune.contract import METHODS
-from tests.worker.helpers import SHAPE, TINY_ADAPT, TINY_SOURCE, phantom_files
+from tests.worker.helpers import (
+    SHAPE,
+    TINY_ADAPT,
+    TINY_SOURCE,
+    phantom_files,
+    submit_job,
+    wait_succeeded,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +48,6 @@ def _upload(client: TestClient, seed: int, site: str, *, mask: bool = True,
     return str(response.json()["id"])
 
 
-def _wait(client: TestClient, job_id: str, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.3)
-    assert job["status"] == "succeeded", job
-    return job
-
-
-def _submit(client: TestClient, path: str, body: dict[str, Any]) -> str:
-    response = client.post(path, json=body)
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
-
-
 def _check_mask(client: TestClient, mask_id: str) -> None:
     response = client.get(f"/v1/masks/{mask_id}")
     assert response.status_code == 200
@@ -67,9 +59,9 @@ def _check_mask(client: TestClient, mask_id: str) -> None:
 def test_pretrain_adapt_with_each_method_and_segment(client: TestClient) -> None:
     source_scans = [_upload(client, seed, "a") for seed in (10, 11)]
     # one number for an isotropic in-plane spacing, as a clinic would write it
-    pretrain = _submit(client, "/v1/pretrainings", {
+    pretrain = submit_job(client, "/v1/pretrainings", {
         "train_scan_ids": source_scans, "options": {**TINY_SOURCE, "spacing_mm": 1.0}})
-    source = _wait(client, pretrain)["result"]["model_id"]
+    source = wait_succeeded(client, pretrain)["result"]["model_id"]
     source_model = client.get(f"/v1/models/{source}").json()
     assert source_model["job_id"] == pretrain
     assert source_model["config"]["preprocessing"]["spacing_mm"] == [1.0, 1.0]
@@ -80,13 +72,13 @@ def test_pretrain_adapt_with_each_method_and_segment(client: TestClient) -> None
     runs = [(method, {}) for method in METHODS] + [("spottune", {"policy": "global"}),
                                                    ("spottune", {"replicates": 2})]
     jobs = {
-        _submit(client, "/v1/adaptations", {
+        submit_job(client, "/v1/adaptations", {
             "model_id": source, "train_scan_ids": train, "target_scan_ids": targets,
             "validation_scan_ids": validation, "method": method,
             "options": {**TINY_ADAPT, **extra}}): method
         for method, extra in runs
     }
-    results = {job_id: _wait(client, job_id)["result"] for job_id in jobs}
+    results = {job_id: wait_succeeded(client, job_id)["result"] for job_id in jobs}
     params = client.get(f"/v1/jobs/{next(iter(jobs))}").json()["params"]
     assert params["validation_scan_ids"] == validation
     assert params["options"]["iterations"] == TINY_ADAPT["iterations"]
@@ -125,6 +117,6 @@ def test_pretrain_adapt_with_each_method_and_segment(client: TestClient) -> None
     assert policy["shift"].startswith(("The shift lives", "The policy kept"))
     assert policy["replicates"] is None
 
-    segment = _submit(client, "/v1/segmentations", {
+    segment = submit_job(client, "/v1/segmentations", {
         "model_id": results[spottune_job]["model_id"], "scan_ids": targets})
-    assert len(_wait(client, segment)["result"]["mask_ids"]) == 2
+    assert len(wait_succeeded(client, segment)["result"]["mask_ids"]) == 2

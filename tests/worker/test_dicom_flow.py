@@ -29,6 +29,7 @@ from tests.dicom_series import (
     series_zip,
     write_series,
 )
+from tests.worker.helpers import submit_job, wait_succeeded
 
 SOURCE_OPTIONS = {"width": 4, "depth": 2, "blocks_per_stage": 1, "spacing_mm": [1.5, 1.5],
                   "patch_size": 32, "iterations": 40, "batch_size": 4, "learning_rate": 0.01}
@@ -54,21 +55,6 @@ def _upload(client: TestClient, datasets: list[Any], tmp: Path,
     return str(response.json()["id"])
 
 
-def _wait(client: TestClient, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.3)
-    assert job["status"] == "succeeded", job
-    return job
-
-
-def _submit(client: TestClient, path: str, body: dict[str, Any]) -> str:
-    response = client.post(path, json=body)
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
-
-
 def test_dicom_series_segmented_come_back_as_seg_on_their_frames(
     client: TestClient, tmp_path: Path
 ) -> None:
@@ -79,9 +65,9 @@ def test_dicom_series_segmented_come_back_as_seg_on_their_frames(
         series = read_series(write_series(tmp_path / f"read{seed}", datasets))
         seg = mask_to_seg(brain, series.headers, instance_id=uuid.uuid4())
         train.append(_upload(client, datasets, tmp_path / f"t{seed}", ("brain.dcm", seg)))
-    pretrain = _submit(client, "/v1/pretrainings",
+    pretrain = submit_job(client, "/v1/pretrainings",
                        {"train_scan_ids": train, "options": SOURCE_OPTIONS})
-    model_id = _wait(client, pretrain)["result"]["model_id"]
+    model_id = wait_succeeded(client, pretrain, 120)["result"]["model_id"]
 
     targets = {}
     for seed, orientation in ((20, "axial"), (21, "sagittal"), (22, "oblique")):
@@ -89,8 +75,8 @@ def test_dicom_series_segmented_come_back_as_seg_on_their_frames(
         datasets = series_datasets(image, GEOMETRIES[orientation])
         scan_id = _upload(client, datasets, tmp_path / orientation)
         targets[scan_id] = (orientation, datasets, brain)
-    job = _wait(client, _submit(client, "/v1/segmentations",
-                                {"model_id": model_id, "scan_ids": list(targets)}))
+    job = wait_succeeded(client, submit_job(client, "/v1/segmentations",
+                                {"model_id": model_id, "scan_ids": list(targets, 120)}))
     masks = client.get(f"/v1/jobs/{job['id']}/masks").json()["items"]
     assert sorted(m["scan_id"] for m in masks) == sorted(targets)
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from spottune.app.schemas.jobs import JobOut, ProgressOut
 from spottune.app.schemas.models import ModelOut
 from spottune.app.schemas.scans import DicomOut, ScanOut
-from spottune.contract import JobResult
-from spottune.core.models import Blob, Job, Model, Scan, ScanDicom
+from spottune.core.models import Blob, Model, Scan, ScanDicom
 
 
 def model_out(session: Session, model: Model) -> ModelOut:
@@ -42,27 +40,4 @@ def scan_out(session: Session, scan: Scan) -> ScanOut:
         annotated_slices=scan.annotated_slices,
         created_at=scan.created_at,
         dicom=DicomOut.model_validate(dicom) if dicom is not None else None,
-    )
-
-
-def job_out(job: Job) -> JobOut:
-    return JobOut(
-        id=job.id,
-        kind=job.kind,
-        status=job.status,
-        params=job.params,
-        progress=ProgressOut(
-            step=job.progress_step,
-            total=job.progress_total,
-            loss=job.loss,
-            eta_seconds=job.eta_seconds,
-        ),
-        attempts=job.attempts,
-        cancel_requested=job.cancel_requested,
-        error=job.error,
-        result=None if job.result is None else JobResult.model_validate(job.result),
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        heartbeat_at=job.heartbeat_at,
     )

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
-
-from pydantic import BaseModel
 
 from spottune.app.schemas.common import OrmModel
 from spottune.contract import (
     AdaptationParams,
-    JobKind,
-    JobResult,
-    JobStatus,
     PolicyReport,
     PretrainingParams,
     SegmentationParams,
@@ -34,29 +28,6 @@ class SegmentationRequest(SegmentationParams):
 
 class PretrainingRequest(PretrainingParams):
     """Train a source model from annotated scans."""
-
-
-class ProgressOut(BaseModel):
-    step: int
-    total: int
-    loss: float | None
-    eta_seconds: float | None
-
-
-class JobOut(BaseModel):
-    id: uuid.UUID
-    kind: JobKind
-    status: JobStatus
-    params: dict[str, Any]
-    progress: ProgressOut
-    attempts: int
-    cancel_requested: bool
-    error: str | None
-    result: JobResult | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    heartbeat_at: datetime | None
 
 
 class MaskOut(OrmModel):

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from spottune.app.dicom_zip import unpack_series_zip
 from spottune.app.errors import Invalid
 from spottune.app.services.quota import check_storage
-from spottune.app.uploads import pick_suffix, spool
+from spottune.app.uploads import check_annotated_slices, pick_suffix, spool
 from spottune.app.volume_guard import check_volume_file
 from spottune.core import blobs
 from spottune.core.models import Mask, Scan, ScanDicom
@@ -99,15 +99,7 @@ def create_dicom_scan(
             spool(mask, mask_path, settings.max_upload_bytes, "mask")
             binary = _mask(mask_path, mask_suffix, series, labels, settings)
     volume = series.volume
-    if slices is not None:
-        bound = max(volume.shape)
-        bad = [i for i in slices if not 0 <= i < bound]
-        if bad:
-            raise Invalid(
-                f"annotated_slices {bad} are outside 0..{bound - 1} for a volume of shape "
-                f"{list(volume.shape)}",
-                code="invalid_annotated_slices",
-            )
+    check_annotated_slices(slices, volume.shape)
     image_bytes = volume_to_nifti_bytes(volume)
     headers = headers_to_json(series.headers)
     mask_bytes = None if binary is None else mask_to_nifti_bytes(binary, volume.affine)

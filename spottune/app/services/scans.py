@@ -17,7 +17,7 @@ from spottune.app.repositories import jobs as job_repo
 from spottune.app.repositories import scans as scan_repo
 from spottune.app.services import dicom_scans, erase
 from spottune.app.services.quota import check_storage
-from spottune.app.uploads import pick_suffix, spool
+from spottune.app.uploads import check_annotated_slices, pick_suffix, spool
 from spottune.app.volume_guard import check_volume_file
 from spottune.core import blobs
 from spottune.core.formats import CONTENT_TYPES, VOLUME_SUFFIXES
@@ -116,15 +116,7 @@ def create_scan(
                     mask_suffix = ".nii.gz"
             except (VolumeError, Exception) as exc:  # nibabel raises many types
                 raise Invalid(f"mask: {_clean(exc, mask_path)}", code="invalid_mask") from None
-        if slices is not None:
-            bound = max(volume.shape)
-            bad = [i for i in slices if not 0 <= i < bound]
-            if bad:
-                raise Invalid(
-                    f"annotated_slices {bad} are outside 0..{bound - 1} for a volume of "
-                    f"shape {list(volume.shape)}",
-                    code="invalid_annotated_slices",
-                )
+        check_annotated_slices(slices, volume.shape)
         check_storage(session, settings, clinic_id, size)
         with image_path.open("rb") as handle:
             image_blob = blobs.write_blob(session, clinic_id, handle, CONTENT_TYPES[image_suffix])

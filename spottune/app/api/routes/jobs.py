@@ -12,7 +12,6 @@ from fastapi.responses import StreamingResponse
 from spottune.app.api.deps import CurrentClinic, SessionDep, SessionFactoryDep, SettingsDep
 from spottune.app.api.downloads import blob_response
 from spottune.app.api.idempotency import Idempotency, IdempotencyDep, register_presenter
-from spottune.app.api.presenters import job_out
 from spottune.app.errors import NotFound
 from spottune.app.repositories import jobs as job_repo
 from spottune.app.schemas.common import (
@@ -25,7 +24,6 @@ from spottune.app.schemas.common import (
 )
 from spottune.app.schemas.jobs import (
     AdaptationRequest,
-    JobOut,
     MaskOut,
     PolicyOut,
     PretrainingRequest,
@@ -33,7 +31,8 @@ from spottune.app.schemas.jobs import (
 )
 from spottune.app.services import erase
 from spottune.app.services import jobs as service
-from spottune.contract import PolicyReport
+from spottune.contract import JobOut, PolicyReport
+from spottune.core.job_view import job_out
 from spottune.core.models import Job, JobKind, JobStatus
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)

@@ -9,7 +9,6 @@ from sqlalchemy.orm import Session
 
 from spottune.app.api.deps import CurrentClinic, SessionDep, SettingsDep
 from spottune.app.api.idempotency import IdempotencyDep, register_presenter
-from spottune.app.repositories import webhooks as repo
 from spottune.app.schemas.common import (
     ERROR_RESPONSES,
     IDEMPOTENCY_RESPONSES,
@@ -19,6 +18,7 @@ from spottune.app.schemas.common import (
 )
 from spottune.app.schemas.webhooks import DeliveryOut, WebhookOut, WebhookRequest
 from spottune.app.services import webhooks as service
+from spottune.core import webhooks as repo
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
 
