@@ -33,7 +33,7 @@ bench-speed: install
 	$(BIN)/python bench/speed.py
 
 bench-adaptation: install data
-	$(BIN)/python bench/adaptation.py --profile quick
+	$(BIN)/python bench/adaptation.py --profile cpu --jobs 2 --fold-order 1,2,0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -66,7 +66,7 @@ def test_dicom_series_segmented_come_back_as_seg_on_their_frames(
         seg = mask_to_seg(brain, series.headers, instance_id=uuid.uuid4())
         train.append(_upload(client, datasets, tmp_path / f"t{seed}", ("brain.dcm", seg)))
     pretrain = submit_job(client, "/v1/pretrainings",
-                       {"train_scan_ids": train, "options": SOURCE_OPTIONS})
+                          {"train_scan_ids": train, "options": SOURCE_OPTIONS})
     model_id = wait_succeeded(client, pretrain, 120)["result"]["model_id"]
 
     targets = {}
@@ -76,7 +76,8 @@ def test_dicom_series_segmented_come_back_as_seg_on_their_frames(
         scan_id = _upload(client, datasets, tmp_path / orientation)
         targets[scan_id] = (orientation, datasets, brain)
     job = wait_succeeded(client, submit_job(client, "/v1/segmentations",
-                                {"model_id": model_id, "scan_ids": list(targets, 120)}))
+                                            {"model_id": model_id, "scan_ids": list(targets)}),
+                         120)
     masks = client.get(f"/v1/jobs/{job['id']}/masks").json()["items"]
     assert sorted(m["scan_id"] for m in masks) == sorted(targets)
 
