@@ -25,8 +25,6 @@ import dataclasses
 import json
 import logging
 import multiprocessing
-import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -43,6 +41,7 @@ from adaptation_stats import plateau, policy_agreement, summarise  # noqa: E402
 from adaptation_table import markdown_report  # noqa: E402
 
 from spottune.ml.device import pick_device  # noqa: E402
+from spottune.ml.machine import machine_info  # noqa: E402
 
 log = logging.getLogger("bench.adaptation")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -71,17 +70,6 @@ def _setup(threads: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s: %(message)s")
     logging.getLogger("spottune").setLevel(logging.WARNING)
     torch.set_num_threads(threads)
-
-
-def machine() -> dict[str, object]:
-    info: dict[str, object] = {
-        "host": platform.node(), "platform": platform.platform(),
-        "processor": platform.processor(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def collect(units: list[dict[str, Any]], cache: Path, data: Data) -> tuple[list[dict], list[dict]]:
@@ -225,7 +213,7 @@ def write_results(units: list[dict[str, Any]], cache: Path, data: Data, profile:
                   for u in units if (cache / f"{unit_key(u)}.json").is_file())
     report = {
         "profile": args.profile, "protocol": "v2", "settings": dataclasses.asdict(profile),
-        "machine": machine(), "device": device, "data": str(args.data),
+        "machine": machine_info(torch.device(device)), "device": device, "data": str(args.data),
         "data_seed": data.manifest.get("seed"), "complete": complete,
         "units": len(units), "compute_minutes": round(seconds / 60, 1),
         "elapsed_s_this_sitting": round(elapsed, 1),

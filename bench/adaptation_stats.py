@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 from adaptation_profiles import FIXED_METHODS
-from scipy.stats import spearmanr
+
+from spottune.ml.replicates import rank_agreement
 
 N_BOOTSTRAP = 4000
 Cell = dict[tuple[str, str], dict[str, float]]  # (source, target) -> subject -> value
@@ -139,13 +140,6 @@ def summarise(rows: Sequence[dict], budgets: Sequence[Any], methods: Sequence[st
                         "mean_dice": point(cells(rows, "ceiling", None, metric="dice"))}}
 
 
-def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return None  # a constant policy has no ranking to agree with
-    rho = spearmanr(a, b).statistic
-    return None if not np.isfinite(rho) else float(rho)
-
-
 def policy_agreement(runs: Sequence[dict], method: str = "spottune") -> dict[str, Any]:
     """Mean Spearman correlation of per-gate probabilities: same pair and budget across seeds,
     and same seed and budget across target sites."""
@@ -154,7 +148,7 @@ def policy_agreement(runs: Sequence[dict], method: str = "spottune") -> dict[str
     for a, b in itertools.combinations(chosen, 2):
         if a["budget"] != b["budget"]:
             continue
-        rho = _spearman(a["probability"], b["probability"])
+        rho = rank_agreement(a["probability"], b["probability"])
         if rho is None:
             continue
         same_pair = (a["source_site"], a["target_site"]) == (b["source_site"], b["target_site"])

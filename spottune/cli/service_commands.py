@@ -197,9 +197,7 @@ def create_clinic(name: str = typer.Argument(..., help="Unique clinic name.")) -
     except admin.AdminError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error
-    typer.echo(f"clinic {created.name} ({created.clinic_id})", err=True)
-    typer.echo("API key (shown once; only its hash is stored):", err=True)
-    typer.echo(created.key)
+    _print_key(f"clinic {created.name} ({created.clinic_id})", created.key)
 
 
 @admin_app.command("create-key")
@@ -212,9 +210,14 @@ def create_key(name: str = typer.Argument(..., help="Name of an existing clinic.
     except admin.AdminError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error
-    typer.echo(f"new key for clinic {created.name} ({created.clinic_id})", err=True)
+    _print_key(f"new key for clinic {created.name} ({created.clinic_id})", created.key)
+
+
+def _print_key(heading: str, key: str) -> None:
+    """The heading on stderr, the key alone on stdout (so scripts can capture it)."""
+    typer.echo(heading, err=True)
     typer.echo("API key (shown once; only its hash is stored):", err=True)
-    typer.echo(created.key)
+    typer.echo(key)
 
 
 @admin_app.command("revoke-key")
