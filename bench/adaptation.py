@@ -14,7 +14,9 @@ test with hierarchical-bootstrap intervals.
     python bench/adaptation.py --profile cpu --table-only  # re-table what is cached
 
 Every unit of work is cached under bench/results/cache/<profile>/ by its full settings, so a long
-profile completes over several sittings. Writes bench/results/adaptation-<profile>.json (rows,
+profile completes over several sittings. The cached results (small JSON files) are committed, so a
+sitting on a fresh machine resumes too; model weights are not (a source model is retrained, with
+its seed, when a remaining unit needs it). Writes bench/results/adaptation-<profile>.json (rows,
 summary, best_fixed, policy_agreement, runs, machine) and .md (the tables).
 """
 
