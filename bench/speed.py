@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # helper modules beside this file
 
 from speed_inference import bench_inference  # noqa: E402
+from speed_process import bench_processes  # noqa: E402
 from speed_training import bench_training  # noqa: E402
 
 from spottune.ml.device import keep_freed_memory  # noqa: E402
@@ -82,6 +83,18 @@ def markdown(result: dict[str, Any]) -> str:
             for r in inf["rows"]
         ]
         lines += ["", f"BF16 vs FP32 masks: {inf['bf16_agreement']}"]
+        if inf.get("agreement_with_previous"):
+            lines += [f"Default path vs previous paths, Dice (min over scans): "
+                      f"{inf['agreement_with_previous']['min']}"]
+    whole = result.get("whole_process")
+    if whole:
+        lines += ["", f"Whole process, {len(whole['scans'])} 1 mm heads x "
+                  f"{whole['repeats_per_scan']} runs (deepbet: {whole['deepbet']['status']})", "",
+                  "| command | median s | min s | max s | runs |", "|---|---|---|---|---|"]
+        lines += [f"| {tool} | {s['median_s']:.2f} | {s['min_s']:.2f} | {s['max_s']:.2f} | "
+                  f"{s['runs']} |" for tool, s in whole["summary"].items() if isinstance(s, dict)]
+        if "ratio_spottune_to_deepbet" in whole["summary"]:
+            lines += ["", f"spottune / deepbet: {whole['summary']['ratio_spottune_to_deepbet']}"]
     return "\n".join(lines)
 
 
@@ -102,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/)")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-process", action="store_true",
+                        help="skip the whole-process comparison with deepbet")
+    parser.add_argument("--deepbet-env", type=Path, default=ROOT / "bench" / ".deepbet-venv",
+                        help="deepbet's own environment (made on first use)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     devices = [torch.device("cpu")]
@@ -128,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         result["inference"][device.type] = bench_inference(
             device, args.quick, args.data, checkpoint
         )
+    if not args.skip_process and (args.data / "manifest.json").is_file():
+        result["whole_process"] = bench_processes(
+            args.data, checkpoint, 1 if args.quick else 3, args.deepbet_env)
     result["load_after"] = [round(v, 2) for v in os.getloadavg()]
     result["wall_s"] = round(time.perf_counter() - start, 1)
     out = args.out or RESULTS / f"speed-{machine_id(devices[-1])}.json"

@@ -164,8 +164,15 @@ def bench_inference(
     )
     for name, model in models.items():
         add("after: segment_volume default", name, default(model), repeats, None)
+    # the previous default path: autocast BF16 where native, no fused blocks, no locating pass
+    previous = {"fuse": False, "locate": False}
+    add("previous default (unfused, no locating pass)", "base", default(base, **previous),
+        repeats, None)
+    add("after, no locating pass", "base", default(base, locate=False), repeats, None)
+    add("after, unfused", "base", default(base, fuse=False), repeats, None)
     if device.type == "cpu":
         add("after, bf16 off", "base", default(base, bf16=False), repeats, None)
+        add("previous, bf16 off", "base", default(base, bf16=False, **previous), repeats, None)
         if not quick:
             add("after, no crop", "base", default(base, crop=False), repeats, None)
         for threads in (1, 2) if not quick else (1,):
@@ -181,6 +188,7 @@ def bench_inference(
         row["speedup_vs_before"] = round(before / row["median_s"], 2)
 
     masks = {bf: segment_volume(base, volume, prep, device=device, bf16=bf) for bf in (False, True)}
+    agreement_with_previous = mask_agreement(base, data_dir, prep, device, quick)
     agreement = {
         "dice_fp32_vs_bf16": round(dice(masks[False], masks[True]), 5),
         "dice_fp32_vs_reference": round(dice(masks[False], reference), 4),
@@ -194,7 +202,41 @@ def bench_inference(
         "model": how,
         "rows": rows,
         "bf16_agreement": agreement,
+        "agreement_with_previous": agreement_with_previous,
     }
+
+
+def mask_agreement(
+    model: nn.Module, data_dir: Path, prep: Preprocessing, device: torch.device, quick: bool
+) -> dict[str, Any]:
+    """Dice between the default path's masks and the previous paths' masks, per scan.
+
+    Previous paths: FP32 (what `spottune segment` did by default) and autocast BF16 where native
+    (what the service did), both unfused and without the locating pass.
+    """
+    if not (data_dir / "manifest.json").is_file():
+        return {}
+    manifest = read_manifest(data_dir)
+    scans = manifest.scans[:: max(1, len(manifest.scans) // (3 if quick else 10))]
+    rows = []
+    for scan in scans:
+        volume = load_volume(manifest.image_path(scan))
+        now = segment_volume(model, volume, prep, device=device)
+        now_fp32 = segment_volume(model, volume, prep, device=device, bf16=False)
+        before_fp32 = segment_volume(model, volume, prep, device=device, bf16=False,
+                                     fuse=False, locate=False)
+        before_auto = segment_volume(model, volume, prep, device=device, fuse=False,
+                                     locate=False)
+        rows.append({
+            "scan": scan.id,
+            "default_vs_previous_fp32": round(dice(now, before_fp32), 5),
+            "default_vs_previous_default": round(dice(now, before_auto), 5),
+            "fp32_vs_previous_fp32": round(dice(now_fp32, before_fp32), 5),
+        })
+        log.info("agreement %s", rows[-1])
+    keys = [k for k in rows[0] if k != "scan"] if rows else []
+    return {"scans": rows, "min": {k: min(r[k] for r in rows) for k in keys},
+            "mean": {k: round(float(np.mean([r[k] for r in rows])), 5) for k in keys}}
 
 
 def compiled_row(

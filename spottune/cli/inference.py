@@ -47,8 +47,12 @@ def segment(
         typer.Option(help="nifti, or dicom-seg: a DICOM SEG on a DICOM input's own frames."),
     ] = "nifti",
     bf16: Annotated[
-        bool, typer.Option(help="BF16 autocast (faster on AVX-512 BF16 CPUs and GPUs).")
-    ] = False,
+        bool | None,
+        typer.Option("--bf16/--no-bf16",
+                     help="BF16 inference (default: on where the CPU - AVX-512 BF16 or AMX - or "
+                          "the GPU runs it natively; bench/speed.py measures its masks' "
+                          "agreement with FP32)."),
+    ] = None,
     device: Device = None,
     **flags: Any,
 ) -> None:

@@ -1,9 +1,20 @@
 """Whole-volume segmentation with a 2D slice model.
 
-Speed on CPU comes from: cropping the slice stack to the head's bounding box (background costs as
-much as brain), batching slices, channels-last tensors, inference mode and, optionally, BF16
-autocast. Probabilities are put back on the input's voxel grid before thresholding so the mask is
-as smooth as the in-plane resampling allows.
+Speed on CPU comes from computing the network only where the brain can be, and cheaply there:
+
+* the slice stack is cropped to the head's bounding box (air costs as much as brain);
+* a locating pass runs the model on every `LOCATE_STRIDE`-th slice only; the largest connected
+  brain in those slices, widened by a margin, gives the range of slices the second pass runs
+  (no slice is computed twice; outside the range the probability is 0, which the final
+  largest-component step would have removed anyway). Only slices are skipped: cropping in-plane
+  would change what the network sees near the crop's edges, and so its output;
+* slices are batched, tensors channels-last, inference mode; with BF16 (CPUs with AVX-512 BF16 or
+  AMX, GPUs) the plain U-Net runs as a BF16 copy of itself, which moves half the bytes of FP32
+  and of autocast (whose norms and residual sums stay FP32); in either precision its residual
+  blocks run fused (fused.py).
+
+Probabilities are put back on the input's voxel grid before thresholding so the mask is as smooth
+as the in-plane resampling allows. bench/speed.py measures each lever and the masks' agreement.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ from torch import nn
 
 from spottune.contract import SegmentationOptions
 from spottune.ml.config import Preprocessing
+from spottune.ml.fused import fused_copy
+from spottune.ml.network import UNet
 from spottune.ml.preparation import prepare_volume, restore_to_grid
 from spottune.ml.volumes import Volume
 
@@ -30,6 +43,8 @@ DEFAULT_BATCH = SegmentationOptions().batch_size  # 8, the contract's default
 """Slices per forward pass. On a 2-core AVX-512/AMX CPU, 256x256-class slices at batch 8 ran
 1.7x faster than at batch 32 (activations of a 32-slice batch overflow the caches); on a GPU it
 is still enough to keep the device busy for this 1.5 M-parameter net (bench/speed.py)."""
+LOCATE_STRIDE = 8  # the locating pass runs every 8th slice
+LOCATE_SLICE_MARGIN = 4  # slices kept beyond the located range (besides the stride itself)
 HEAD_THRESHOLD = 0.05  # scaled intensity above which a voxel counts as head, not air
 HEAD_MARGIN = 8  # pixels (and slices) kept around the head's bounding box
 _MIN_SHARE = 0.002  # rows/columns with fewer head voxels than this share are noise, not head
@@ -88,6 +103,14 @@ def head_bounding_box(
     return (s, h, w)
 
 
+def _inference_copy(model: nn.Module, bf16: bool, device: torch.device) -> nn.Module | None:
+    """A fused channels-last copy of a plain U-Net (BF16 or FP32; see fused.py), or None for other
+    models (gated models sample their policy: they run as they are, under autocast for BF16)."""
+    if type(model) is not UNet:
+        return None
+    return fused_copy(model, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
+
+
 @torch.inference_mode()
 def predict_slices(
     model: nn.Module,
@@ -97,6 +120,7 @@ def predict_slices(
     *,
     multiple: int | None = None,
     bf16: bool = False,
+    fuse: bool = True,
     progress: Progress | None = None,
 ) -> np.ndarray:
     """Foreground probability for every pixel of a slice stack.
@@ -107,7 +131,9 @@ def predict_slices(
         batch_size: slices per forward pass.
         device: where to run; defaults to the model's device.
         multiple: pad H, W up to a multiple of this; defaults to 2**model.depth.
-        bf16: run under BF16 autocast (CPU AVX-512 BF16 / CUDA); faster, slightly less exact.
+        bf16: run in BF16 (CPU AVX-512 BF16 / AMX, CUDA); faster, slightly less exact.
+        fuse: run a plain U-Net as its fused inference copy (fused.py); same function up to
+            float rounding.
         progress: called with (slices done, total slices) after each batch.
 
     Returns:
@@ -123,12 +149,17 @@ def predict_slices(
     was_training = model.training
     model.eval()
     source = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
+    fused = _inference_copy(model, bf16, device) if fuse else None
+    net = fused if fused is not None else model
+    autocast = bf16 and fused is None
     try:
         for start in range(0, n, batch_size):
             x = source[start : start + batch_size].unsqueeze(1).to(device)
             x = F.pad(x, (0, pad_w, 0, pad_h)).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
+            if fused is not None and bf16:
+                x = x.to(torch.bfloat16)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = net(x)
             prob = torch.sigmoid(logits.float())[:, 0, :height, :width]
             out[start : start + prob.shape[0]] = prob.cpu().numpy()
             if progress is not None:
@@ -136,6 +167,54 @@ def predict_slices(
     finally:
         model.train(was_training)
     return out
+
+
+def predict_located(
+    predict: Callable[[np.ndarray, Progress | None], np.ndarray],
+    stack: np.ndarray,
+    *,
+    stride: int = LOCATE_STRIDE,
+    slice_margin: int = LOCATE_SLICE_MARGIN,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Probabilities for a slice stack [S, H, W], running `predict` only on slices near the brain.
+
+    `predict(slices, progress)` maps [N, H, W] to probabilities. First every `stride`-th slice is
+    predicted; the largest connected foreground of those slices (taken as one sparse stack) gives
+    the brain's range of slices, widened by `stride + slice_margin` on each side. Then the other
+    slices of that range are predicted; slices outside it are 0. Slices are independent for a 2D
+    model, so every predicted slice is exactly what predicting the whole stack gives it. A stack
+    too thin to sample, or with no foreground on any sampled slice, is predicted whole.
+    `progress(done, total)` counts slices, the total as planned so far.
+    """
+    n = stack.shape[0]
+    probs = np.zeros(stack.shape, dtype=np.float32)
+    sampled = np.arange(stride // 2, n, stride)
+    if sampled.size < 3:
+        probs[:] = predict(stack, progress)
+        return probs
+    rest = np.setdiff1d(np.arange(n), sampled)
+
+    def counted(offset: int, total: int) -> Progress | None:
+        if progress is None:
+            return None
+        return lambda done, _: progress(offset + done, total)
+
+    probs[sampled] = predict(stack[sampled], counted(0, n))
+    labels, count = ndimage.label(probs[sampled] >= 0.5)
+    if count == 0:
+        probs[rest] = predict(stack[rest], counted(sampled.size, n))
+        return probs
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    hit = sampled[np.flatnonzero((labels == int(sizes.argmax())).any(axis=(1, 2)))]
+    reach = stride + slice_margin
+    first, last = max(0, int(hit[0]) - reach), min(n, int(hit[-1]) + reach + 1)
+    inside = rest[(rest >= first) & (rest < last)]
+    logger.debug("located the brain on slices %d:%d of %d", first, last, n)
+    if inside.size:
+        probs[inside] = predict(stack[inside], counted(sampled.size, sampled.size + inside.size))
+    return probs
 
 
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
@@ -159,13 +238,17 @@ def segment_volume(
     progress: Progress | None = None,
     bf16: bool | None = None,
     crop: bool = True,
+    locate: bool = True,
+    fuse: bool = True,
     multiple: int | None = None,
 ) -> np.ndarray:
     """Segment a whole volume; returns a uint8 mask [X, Y, Z] on the volume's own voxel grid.
 
     Slices outside the head's bounding box (when `crop`) are background without running the
-    model. `progress(done, total)` counts slices. `bf16` None: BF16 autocast where the device
-    runs it natively (bf16_is_fast), FP32 elsewhere.
+    model; with `locate` the model runs only around the brain found on every LOCATE_STRIDE-th
+    slice (predict_located); `fuse` runs a plain U-Net's residual blocks fused (fused.py).
+    `progress(done, total)` counts slices. `bf16` None: BF16 where the
+    device runs it natively (bf16_is_fast), FP32 elsewhere.
     """
     target = torch.device(device) if device is not None else _model_device(model)
     if bf16 is None:
@@ -179,14 +262,13 @@ def segment_volume(
             progress(0, 0)
     else:
         logger.debug("inference on %s of %s", prepared.image[box].shape, prepared.image.shape)
-        probs[box] = predict_slices(
-            model,
-            prepared.image[box],
-            batch_size,
-            target,
-            multiple=multiple,
-            bf16=bf16,
-            progress=progress,
-        )
+
+        def predict(slices: np.ndarray, report: Progress | None) -> np.ndarray:
+            return predict_slices(model, slices, batch_size, target, multiple=multiple,
+                                  bf16=bool(bf16), fuse=fuse, progress=report)
+
+        head = prepared.image[box]
+        probs[box] = (predict_located(predict, head, progress=progress) if locate
+                      else predict(head, progress))
     mask = (restore_to_grid(prepared, probs) >= 0.5).astype(np.uint8)
     return keep_largest_component(mask) if largest_component and mask.any() else mask

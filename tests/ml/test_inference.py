@@ -9,8 +9,10 @@ from torch import nn
 
 from spottune.ml.config import ModelConfig, Preprocessing
 from spottune.ml.factory import build_model
+from spottune.ml.fused import fused_copy
 from spottune.ml.inference import (
     HEAD_MARGIN,
+    LOCATE_STRIDE,
     head_bounding_box,
     keep_largest_component,
     predict_slices,
@@ -88,7 +90,8 @@ def test_segment_volume_keeps_largest_component_and_crops() -> None:
     image[4:20, 4:20, 30:50] = 1000.0
     image[1:3, 1:3, 32:34] = 1000.0  # a small separate blob
     model = Threshold()
-    mask = segment_volume(model, Volume(image, np.eye(4)), Preprocessing(spacing_mm=(1.0, 1.0)))
+    mask = segment_volume(model, Volume(image, np.eye(4)), Preprocessing(spacing_mm=(1.0, 1.0)),
+                          locate=False)
     assert mask[4:20, 4:20, 30:50].all() and mask.sum() == 16 * 16 * 20
     # Only slices near the head were run through the model (axial slices 30..49 plus margin).
     assert sum(s[0] for s in model.seen) == 20 + 2 * HEAD_MARGIN
@@ -114,3 +117,73 @@ def test_real_unet_runs_and_keeps_training_mode() -> None:
     fp32 = predict_slices(model, slices, 8)
     bf16 = predict_slices(model, slices, 8, bf16=True)
     assert np.abs(fp32 - bf16).max() < 0.1
+
+
+def _head_with_brain(n_slices: int, brain_slices: slice) -> np.ndarray:
+    """A head (dim tissue) through every axial slice, with a bright brain in `brain_slices`."""
+    image = np.zeros((28, 28, n_slices), np.float32)
+    image[2:26, 2:26, :] = 300.0  # scalp and skull: below the model's threshold once scaled
+    image[6:22, 6:22, brain_slices] = 1000.0
+    return image
+
+
+def test_locating_pass_runs_fewer_slices_and_keeps_the_mask() -> None:
+    image = _head_with_brain(96, slice(40, 60))
+    prep = Preprocessing(spacing_mm=(1.0, 1.0))
+    everywhere, located = Threshold(), Threshold()
+    full = segment_volume(everywhere, Volume(image, np.eye(4)), prep, locate=False)
+    calls: list[tuple[int, int]] = []
+    mask = segment_volume(located, Volume(image, np.eye(4)), prep,
+                          progress=lambda d, t: calls.append((d, t)))
+    assert full.sum() == 16 * 16 * 20 and np.array_equal(mask, full)
+    ran = sum(s[0] for s in located.seen)
+    assert sum(s[0] for s in everywhere.seen) == 96
+    # every 8th slice, then the brain's 20 slices and stride + margin on each side, none twice
+    assert 96 // LOCATE_STRIDE + 20 <= ran <= 96 // LOCATE_STRIDE + 20 + 2 * (LOCATE_STRIDE + 4)
+    assert calls[-1][0] == calls[-1][1] == ran  # progress ends at what ran
+
+
+def test_locating_pass_falls_back_to_every_slice_when_sampling_misses_the_brain() -> None:
+    image = _head_with_brain(96, slice(5, 8))  # thinner than the stride, between sampled slices
+    prep = Preprocessing(spacing_mm=(1.0, 1.0))
+    model = Threshold()
+    mask = segment_volume(model, Volume(image, np.eye(4)), prep)
+    assert mask.sum() == 16 * 16 * 3 and mask[6:22, 6:22, 5:8].all()
+    assert sum(s[0] for s in model.seen) == 96
+
+
+def _unet_with_statistics(seed: int) -> nn.Module:
+    """A small U-Net with non-trivial BatchNorm statistics and affine parameters."""
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(width=4, depth=2, blocks_per_stage=2))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.2, 0.2)
+    return model.eval()
+
+
+def test_fused_copy_computes_what_the_model_computes() -> None:
+    model = _unet_with_statistics(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 1, 24, 32)
+    with torch.inference_mode():
+        expected = model(x)
+        fused = fused_copy(model)
+        got = fused(x.contiguous(memory_format=torch.channels_last))
+        half = fused_copy(model, dtype=torch.bfloat16)(
+            x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert (half - expected).abs().max() < 0.05 * expected.abs().max()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # untouched
+    assert not any(p.requires_grad for p in fused.parameters())
+
+
+def test_predict_slices_fused_and_plain_agree() -> None:
+    model = _unet_with_statistics(1)
+    slices = np.random.default_rng(2).random((5, 24, 24)).astype(np.float32)
+    plain = predict_slices(model, slices, 4, fuse=False)
+    fused = predict_slices(model, slices, 4)
+    assert np.abs(plain - fused).max() < 1e-5

@@ -1,0 +1,116 @@
+"""Speed benchmark, whole processes: `spottune segment` against deepbet on whole 1 mm heads.
+
+What a clinic compares: a command that reads a NIfTI head and writes its brain mask, timed from
+process start to exit (imports, model loading, reading, inference, writing). deepbet is an
+off-the-shelf brain extractor (a 3D model that locates the brain at low resolution, then segments
+its box); it lives in the benchmark's own environment (bench/.deepbet-venv, made on first use with
+the same torch as the project), never in the project's. The runs alternate (ours, deepbet, ours,
+...) so both see the same machine, and the medians are compared in the same run.
+
+Masks are scored against the scans' reference masks too, for context only: our model here is the
+speed benchmark's briefly trained U-Net, not a tuned brain extractor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spottune.data.manifest import read_manifest
+from spottune.ml.metrics import dice
+from spottune.ml.volumes import load_mask, load_volume
+
+log = logging.getLogger("bench.speed")
+ROOT = Path(__file__).resolve().parent.parent
+DEEPBET = "deepbet==1.0.2"
+TORCH = "torch==2.13.0"
+
+
+def deepbet_cli(env_dir: Path) -> tuple[Path | None, str]:
+    """The deepbet-cli of the benchmark's own environment, made if missing; (None, why) if not."""
+    cli = env_dir / "bin" / "deepbet-cli"
+    if cli.is_file():
+        return cli, "present"
+    log.info("making %s with %s and %s", env_dir, TORCH, DEEPBET)
+    try:
+        venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+        pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, TORCH], check=True, capture_output=True, timeout=900)
+        subprocess.run([*pip, DEEPBET], check=True, capture_output=True, timeout=900)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        return None, f"could not install deepbet: {exc} {detail.decode(errors='replace')[-300:]}"
+    return (cli, "installed") if cli.is_file() else (None, "deepbet-cli missing after install")
+
+
+def _run(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, timeout=900,
+                   env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    return time.perf_counter() - start
+
+
+def bench_processes(
+    data_dir: Path, checkpoint: Path, repeats: int, env_dir: Path, n_scans: int = 3
+) -> dict[str, Any]:
+    """Whole-process times of `spottune segment` and deepbet on `n_scans` 1 mm heads."""
+    manifest = read_manifest(data_dir)
+    heads = []
+    for scan in manifest.scans_of(manifest.scans[0].site):  # the reference site: 1 mm heads
+        if scan.head not in {h.head for h in heads}:
+            heads.append(scan)
+    heads = heads[:n_scans]
+    cli, how = deepbet_cli(env_dir)
+    script = Path(sys.executable).with_name("spottune")  # the console script a user runs
+    spottune = ([str(script), "segment"] if script.is_file()
+                else [sys.executable, "-m", "spottune.cli.main", "segment"])
+    out = Path(tempfile.mkdtemp(prefix="spottune-speed-"))
+    rows: list[dict[str, Any]] = []
+    times: dict[str, list[float]] = {"spottune segment": [], "deepbet": []}
+    masks: dict[str, dict[str, np.ndarray]] = {"spottune segment": {}, "deepbet": {}}
+    for scan in heads:
+        image = manifest.image_path(scan)
+        ours = [*spottune, str(image), "--model", str(checkpoint), "--out-dir", str(out / "ours")]
+        theirs = ([str(cli), "-i", str(image), "-o", str(out / "brain.nii.gz"),
+                   "-m", str(out / f"{scan.id}_deepbet.nii.gz"), "--no_gpu"] if cli else None)
+        _run(ours)  # warm the page cache and the deepbet environment once
+        if theirs:
+            _run(theirs)
+        for _ in range(repeats):
+            times["spottune segment"].append(_run(ours))
+            if theirs:
+                times["deepbet"].append(_run(theirs))
+        volume = load_volume(image)
+        reference = load_mask(manifest.mask_path(scan), volume).astype(np.uint8)
+        masks["spottune segment"][scan.id] = load_mask(out / "ours" / f"{scan.id}_mask.nii.gz",
+                                                       volume)
+        if theirs:
+            masks["deepbet"][scan.id] = load_mask(out / f"{scan.id}_deepbet.nii.gz", volume)
+        for tool, found in masks.items():
+            if scan.id in found:
+                rows.append({"tool": tool, "scan": scan.id, "shape": list(volume.shape),
+                             "dice_vs_reference": round(dice(found[scan.id], reference), 4)})
+    summary = {
+        tool: {"median_s": round(statistics.median(t), 3), "min_s": round(min(t), 3),
+               "max_s": round(max(t), 3), "runs": len(t)}
+        for tool, t in times.items() if t
+    }
+    if len(summary) == 2:
+        summary["ratio_spottune_to_deepbet"] = round(
+            summary["spottune segment"]["median_s"] / summary["deepbet"]["median_s"], 3)
+    result = {"scans": [s.id for s in heads], "repeats_per_scan": repeats,
+              "deepbet": {"package": DEEPBET, "environment": str(env_dir), "status": how},
+              "model": str(checkpoint), "summary": summary, "masks": rows}
+    log.info("whole processes: %s", json.dumps(summary))
+    return result
