@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from statistics import fmean
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from spottune.contract import JobKind, JobStatus, MetricsSummary, PhaseMean, ScanScore
@@ -40,14 +40,30 @@ def create(session: Session, clinic_id: uuid.UUID, kind: JobKind, params: dict[s
     return job
 
 
-def request_cancel(session: Session, job: Job) -> None:
-    """Queued -> cancelled now; running -> cancel_requested (its worker stops). Job locked."""
-    if job.status == JobStatus.QUEUED:
-        job.status = JobStatus.CANCELLED
-        job.finished_at = utcnow()
-        job.error = CANCELLED_REASON
-    job.cancel_requested = True
-    session.flush()
+def request_cancel(session: Session, job: Job) -> bool:
+    """Queued -> cancelled now; running -> cancel_requested (its worker stops).
+
+    Compare-and-set UPDATEs on the job's current status, not on the ``job`` read before: on
+    SQLite that read takes no lock, and the worker may have marked the job succeeded since (the
+    UPDATE waits for that write). Returns False, changing nothing, if the job has ended;
+    ``job`` is refreshed either way.
+    """
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, finished_at=utcnow(), error=CANCELLED_REASON,
+                cancel_requested=True)
+        .returning(Job.id)
+    ).scalar_one_or_none()
+    if changed is None:
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.RUNNING)
+            .values(cancel_requested=True)
+            .returning(Job.id)
+        ).scalar_one_or_none()
+    session.refresh(job)
+    return changed is not None
 
 
 # --- the worker's writes ----------------------------------------------------------------------
@@ -108,12 +124,22 @@ def finish(session: Session, job_id: uuid.UUID, attempt: int, status: JobStatus,
     return updated is not None
 
 
-def lock_owned(session: Session, job_id: uuid.UUID, attempt: int) -> Job:
-    """The job row, locked, if our attempt still runs it; raises JobLost otherwise."""
-    job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
-    if job is None or job.status != JobStatus.RUNNING or job.attempts != attempt:
-        raise JobLost(str(job_id))
-    return job
+def succeed(session: Session, job_id: uuid.UUID, attempt: int, result: dict[str, Any]) -> bool:
+    """Running (our attempt, no cancel requested) -> succeeded with ``result``; False otherwise.
+
+    The compare-and-set that decides between a result and a cancel: whichever commits first wins.
+    """
+    updated = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempts == attempt,
+               Job.cancel_requested.is_(False))
+        .values(status=JobStatus.SUCCEEDED, result=result, error=None, eta_seconds=None,
+                progress_step=case((Job.progress_step > Job.progress_total, Job.progress_step),
+                                   else_=Job.progress_total),
+                finished_at=utcnow())
+        .returning(Job.id)
+    ).scalar_one_or_none()
+    return updated is not None
 
 
 def metrics_summary(scores: list[ScanScore]) -> MetricsSummary:

@@ -98,6 +98,9 @@ class Blob(Base):
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     content_type: Mapped[str] = mapped_column(String(100), nullable=False)
     created_at: Mapped[datetime] = _created()
+    # The job whose result this blob is part of while a worker writes that result (see
+    # core.blobs.stage_blob); None once the result is committed, and for every other blob.
+    staged_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True, nullable=True)
 
 
 class BlobChunk(Base):

@@ -5,7 +5,8 @@ Every ``reconcile_interval_s`` it
   message for them visible in the broker);
 - re-queues running jobs whose heartbeat stopped (worker killed, machine lost), until
   ``job_max_attempts`` attempts were made; then fails them with a reason;
-- settles cancel requests whose worker is gone.
+- settles cancel requests whose worker is gone;
+- drops result blobs a stopped worker left staged (see :mod:`spottune.worker.results`).
 Each change is a compare-and-set UPDATE, so several workers reconciling at once send one message
 per job; a duplicate message would be harmless anyway (the runner claims jobs atomically).
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from celery import Celery
 
 from spottune.contract import JobStatus
+from spottune.core.blobs import abandoned_staged, discard_blobs
 from spottune.core.broker import Queue, TaskName, queue_for
 from spottune.core.db import get_session_factory, session_scope
 from spottune.core.job_state import (
@@ -47,6 +49,7 @@ class ReconcileReport:
     requeued: int = 0
     failed: int = 0
     cancelled: int = 0
+    discarded: int = 0  # staged blobs of jobs that no longer run
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -158,12 +161,23 @@ def _repair_stale(app: Celery, settings: Settings, report: ReconcileReport) -> N
         report.requeued += 1
 
 
+def _sweep_staged(settings: Settings, report: ReconcileReport) -> None:
+    factory = get_session_factory(settings)
+    with session_scope(factory) as session:
+        abandoned = abandoned_staged(session, BATCH)
+    if abandoned:
+        discard_blobs(factory, abandoned)
+        logger.warning("dropped %d result blobs left staged by stopped workers", len(abandoned))
+        report.discarded += len(abandoned)
+
+
 def reconcile_once(app: Celery, settings: Settings | None = None) -> ReconcileReport:
     """One pass over stale jobs (see the module docstring); returns what it changed."""
     settings = settings or get_settings()
     report = ReconcileReport()
     _repair_stale(app, settings, report)
     _resend_lost(app, settings, report)
+    _sweep_staged(settings, report)
     if any(report.as_dict().values()):
         logger.info("reconciler: %s", report.as_dict())
     return report

@@ -125,9 +125,8 @@ def run_job(job_id: str, worker: str = "worker", *, settings: Settings | None = 
                          attempt=attempt, settings=settings, session_factory=factory,
                          device=device, monitor=monitor)
         output = HANDLERS[kind](ctx)
-        monitor.close()
-        with session_scope(factory) as session:
-            outcome = results.store(session, jid, attempt, output)
+        # The monitor keeps beating while the result is written, and stops the write at a cancel.
+        outcome = results.store(factory, jid, attempt, output, check=monitor.check)
     except JobLost:
         outcome = "lost"
     except Cancelled:

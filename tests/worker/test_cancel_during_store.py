@@ -27,7 +27,6 @@ def _waiting_on_a_lock(factory) -> bool:  # type: ignore[no-untyped-def]
 def test_cancel_is_answered_while_results_are_being_written(factory, service_env) -> None:
     from spottune.app.admin import create_clinic
     from spottune.app.main import create_app
-    from spottune.core.db import session_scope
 
     created = create_clinic(f"cancel-{uuid.uuid4().hex[:8]}")
     with factory.begin() as session:
@@ -49,8 +48,7 @@ def test_cancel_is_answered_while_results_are_being_written(factory, service_env
 
     def write() -> None:
         try:
-            with session_scope(factory) as session:
-                outcome.append(results.store(session, job.id, 1, output))
+            outcome.append(results.store(factory, job.id, 1, output))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -82,5 +80,5 @@ def test_cancel_is_answered_while_results_are_being_written(factory, service_env
         assert session.scalar(select(func.count()).where(Mask.job_id == job.id)) == 0
         assert session.scalar(select(func.count()).where(Model.job_id == job.id)) == 0
         assert session.get(Job, job.id).cancel_requested is True
-    with pytest.raises(Cancelled), session_scope(factory) as session:  # and later on too
-        results.store(session, job.id, 1, output)
+    with pytest.raises(Cancelled):  # and later on too
+        results.store(factory, job.id, 1, output)

@@ -141,13 +141,16 @@ def get_job(session: Session, clinic_id: uuid.UUID, job_id: uuid.UUID) -> Job:
 
 
 def cancel_job(session: Session, clinic_id: uuid.UUID, job_id: uuid.UUID) -> Job:
-    """Queued -> cancelled now; running -> cancel_requested (the worker stops); terminal -> 409."""
-    job = job_repo.get_for_update(session, clinic_id, job_id)
+    """Queued -> cancelled now; running -> cancel_requested (the worker stops); terminal -> 409.
+
+    No row lock is taken before the compare-and-set: it would wait for the foreign-key locks a
+    worker recording the job's result holds.
+    """
+    job = job_repo.get(session, clinic_id, job_id)
     if job is None:
         raise NotFound(f"job {job_id} not found; list your jobs with GET /v1/jobs")
-    if job.status.terminal:
+    if job.status.terminal or not job_state.request_cancel(session, job):
         raise Conflict(
             f"job {job_id} already {job.status.value}; nothing to cancel", code="job_finished"
         )
-    job_state.request_cancel(session, job)
     return job
