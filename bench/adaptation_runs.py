@@ -1,9 +1,9 @@
 """The adaptation benchmark's units of work, each cached on disk under its full settings.
 
 A unit is a JSON-able dict (`kind`: source, oracle, none, adapt or ceiling, plus what it needs).
-Its result is written to `<cache>/<kind>-<sha1 of its settings>.json` (models beside it as
-safetensors), so an interrupted profile resumes where it stopped and a finished one can be
-re-tabled without running anything.
+Its result is written to `<cache>/<kind>-<sha1 of its settings>.json` (models under
+`<cache>/models/`, not committed), so an interrupted profile resumes where it stopped and a
+finished one can be re-tabled without running anything.
 """
 
 from __future__ import annotations
@@ -203,7 +203,9 @@ class Runner:
         return prepare_volume(volume, self.prep, mask if labelled else None, annotated)
 
     def _train(self, unit: dict[str, Any]) -> tuple[torch.nn.Module, ModelConfig]:
-        weights = self.cache / f"{unit_key(unit)}.safetensors"
+        # apart from the results: save_checkpoint writes a config JSON beside the weights
+        weights = self.cache / "models" / f"{unit_key(unit)}.safetensors"
+        weights.parent.mkdir(parents=True, exist_ok=True)
         if weights.is_file():
             return load_model(weights, device=self.device)
         p = self.profile
