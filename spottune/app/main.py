@@ -5,6 +5,9 @@ Run with ``uvicorn spottune.app.main:create_app --factory``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,6 +18,8 @@ from spottune.app.conditional import ConditionalGetMiddleware
 from spottune.app.errors import install_error_handlers
 from spottune.app.ratelimit import RateLimitMiddleware
 from spottune.app.readiness import Readiness
+from spottune.app.services.job_status import StatusReader
+from spottune.app.timing import ServerTimingMiddleware
 from spottune.app.uploads import MULTIPART_SLACK, BodyLimitMiddleware
 from spottune.core.db import get_session_factory
 from spottune.core.settings import Settings, get_settings
@@ -31,9 +36,19 @@ def create_app(
 ) -> FastAPI:
     """Build the API for ``settings`` (default: the environment's) and a session factory."""
     settings = settings or get_settings()
-    app = FastAPI(title="spottune", version="1", description=DESCRIPTION)
+    # No pre-ping in the API: a ping is a round trip per request (see create_db_engine).
+    factory = session_factory or get_session_factory(settings, pre_ping=False)
+    status_reader = StatusReader(factory.kw["bind"], settings.status_read_threads)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        status_reader.close()
+
+    app = FastAPI(title="spottune", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    app.state.session_factory = session_factory or get_session_factory(settings)
+    app.state.session_factory = factory
+    app.state.status_reader = status_reader
     app.state.readiness = Readiness()
     install_error_handlers(app)
     app.add_exception_handler(IdempotentReplay, replay_handler)
@@ -50,7 +65,10 @@ def create_app(
         per_minute=settings.rate_limit_per_minute,
         burst=settings.rate_limit_burst,
     )
-    routers = (health.router, models.router, scans.router, jobs.router, masks.router)
+    app.add_middleware(ServerTimingMiddleware)  # times everything above
+    # Routes are matched in order, each at a cost: the jobs router (job status polls, the most
+    # frequent request by far) comes first. No two routers share a path.
+    routers = (jobs.router, health.router, models.router, scans.router, masks.router)
     for router in (*routers, webhooks.router):
         app.include_router(router)
     return app

@@ -28,11 +28,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_db_engine(url: str, pool_size: int = 40, max_overflow: int = 10) -> Engine:
-    """An engine for ``url``; SQLite gets foreign keys and WAL, Postgres a pre-ping pool.
+def create_db_engine(
+    url: str, pool_size: int = 40, max_overflow: int = 10, pre_ping: bool = True
+) -> Engine:
+    """An engine for ``url``; SQLite gets foreign keys and WAL, Postgres a pool.
 
     The pool should cover the API's thread pool (40 threads by default), each request holding
     one connection: a smaller pool only makes requests queue for a connection.
+
+    ``pre_ping`` tests every connection with a round trip as it leaves the pool (workers: a
+    heartbeat must not fail on a connection the database closed). The API turns it off: a
+    ping costs as much as a status poll's own query, and a connection found dead invalidates the
+    whole pool, so after a database restart one request answers 503 and the next reconnect.
     """
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
@@ -43,7 +50,7 @@ def create_db_engine(url: str, pool_size: int = 40, max_overflow: int = 10) -> E
         return engine
     return create_engine(
         url,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=10,
@@ -56,25 +63,35 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @lru_cache
-def _engine_for(url: str, pool_size: int = 40, max_overflow: int = 10) -> Engine:
-    return create_db_engine(url, pool_size, max_overflow)
+def _engine_for(
+    url: str, pool_size: int = 40, max_overflow: int = 10, pre_ping: bool = True
+) -> Engine:
+    return create_db_engine(url, pool_size, max_overflow, pre_ping)
 
 
-def get_engine(settings: Settings | None = None) -> Engine:
+def get_engine(settings: Settings | None = None, pre_ping: bool = True) -> Engine:
     """The process-wide engine for ``settings`` (default: :func:`get_settings`)."""
     settings = settings or get_settings()
-    return _engine_for(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
+    return _engine_for(
+        settings.database_url, settings.db_pool_size, settings.db_max_overflow, pre_ping
+    )
 
 
-def get_session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
-    """The process-wide session factory (one per database URL)."""
+def get_session_factory(
+    settings: Settings | None = None, pre_ping: bool = True
+) -> sessionmaker[Session]:
+    """The process-wide session factory (one per database URL and ``pre_ping``)."""
     settings = settings or get_settings()
-    return _factory_for(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
+    return _factory_for(
+        settings.database_url, settings.db_pool_size, settings.db_max_overflow, pre_ping
+    )
 
 
 @lru_cache
-def _factory_for(url: str, pool_size: int = 40, max_overflow: int = 10) -> sessionmaker[Session]:
-    return make_session_factory(_engine_for(url, pool_size, max_overflow))
+def _factory_for(
+    url: str, pool_size: int = 40, max_overflow: int = 10, pre_ping: bool = True
+) -> sessionmaker[Session]:
+    return make_session_factory(_engine_for(url, pool_size, max_overflow, pre_ping))
 
 
 @contextmanager

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import Row
+
 from spottune.contract import JobOut, JobResult, ProgressOut
 from spottune.core.models import Job
 
+JOB_FIELDS = (
+    "id", "kind", "status", "params", "progress_step", "progress_total", "loss", "eta_seconds",
+    "attempts", "cancel_requested", "error", "result", "created_at", "started_at",
+    "finished_at", "heartbeat_at",
+)
+"""The columns of ``jobs`` that :func:`job_out` reads (a status poll selects only these)."""
 
-def job_out(job: Job) -> JobOut:
+
+def job_out(job: Job | Row[Any]) -> JobOut:
+    """The job resource from an ORM row or a Core row with the columns of :data:`JOB_FIELDS`."""
     return JobOut(
         id=job.id,
         kind=job.kind,

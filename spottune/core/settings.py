@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     broker_send_timeout_s: float = Field(default=2.0, gt=0)
     db_pool_size: int = Field(default=40, ge=1)  # kept open: covers the API thread pool (40)
     db_max_overflow: int = Field(default=10, ge=0)  # opened (and closed) beyond that
+    # Threads of the API that read job statuses for polls, each keeping one connection open.
+    status_read_threads: int = Field(default=4, ge=1)
     # A worker consuming the gpu queue refuses to start on a machine without CUDA when set
     # (docker-compose sets it for worker-gpu): no silent hours-long training on a CPU.
     worker_require_gpu: bool = False

@@ -9,9 +9,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from spottune.app.errors import Unauthorized
 from spottune.app.repositories import clinics as clinic_repo
-from spottune.app.security import PREFIX_CHARS, key_matches, looks_like_key
+from spottune.app.security import PREFIX_CHARS, match_key, presented_key
 from spottune.core.models import Clinic
 from spottune.core.settings import Settings
 
@@ -42,25 +41,10 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def authenticate(session: Session, scheme: str | None, credentials: str | None) -> Clinic:
-    """The clinic whose active key is ``credentials``; 401 saying what is wrong otherwise.
-
-    Every candidate key sharing the lookup prefix is compared in constant time
-    (:func:`key_matches`), with no early exit.
-    """
-    if scheme is None or credentials is None or scheme.lower() != "bearer":
-        raise Unauthorized("missing API key: send the header 'Authorization: Bearer <api key>'")
-    key = credentials.strip()
-    if not looks_like_key(key):
-        raise Unauthorized(
-            "malformed API key: use the key printed by 'spottune admin create-clinic'"
-        )
-    match = None
-    for api_key, clinic in clinic_repo.keys_with_prefix(session, key[:PREFIX_CHARS]):
-        if key_matches(key, api_key.key_hash):
-            match = clinic
-    if match is None:
-        raise Unauthorized("unknown or revoked API key: ask the operator for a new key")
-    return match
+    """The clinic whose active key is ``credentials``; 401 saying what is wrong otherwise."""
+    key = presented_key(scheme, credentials)
+    rows = clinic_repo.keys_with_prefix(session, key[:PREFIX_CHARS])
+    return match_key(key, ((api_key.key_hash, clinic) for api_key, clinic in rows))
 
 
 def get_current_clinic(

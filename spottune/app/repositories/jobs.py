@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from spottune.contract import ACTIVE_STATUSES, JobKind, JobStatus
-from spottune.core.models import Job, Mask, Metric, Model, Policy, Report
+from spottune.core.job_view import JOB_FIELDS
+from spottune.core.models import ApiKey, Job, Mask, Metric, Model, Policy, Report
 from spottune.core.queries import get_owned, paginate
+
+# Built once: a statement built per call costs more than its round trip (construction, cache
+# key, and matching the cached compilation's result columns to the new statement's).
+_KEYS_WITH_JOB = (
+    select(ApiKey.key_hash, *(getattr(Job, name) for name in JOB_FIELDS))
+    .select_from(ApiKey)
+    .outerjoin(Job, and_(Job.clinic_id == ApiKey.clinic_id, Job.id == bindparam("job_id")))
+    .where(ApiKey.prefix == bindparam("prefix"), ApiKey.revoked_at.is_(None))
+)
 
 
 def get(session: Session, clinic_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
     return get_owned(session, Job, clinic_id, job_id)
+
+
+def keys_with_job(conn: Connection, prefix: str, job_id: uuid.UUID) -> list[Row[Any]]:
+    """The active API keys sharing ``prefix``, each with the job ``job_id`` if it belongs to the
+    key's clinic (``id`` is None otherwise): authentication and the job in one statement.
+
+    Each row has ``key_hash`` and the job's fields of :data:`JOB_FIELDS` as attributes.
+    """
+    return list(conn.execute(_KEYS_WITH_JOB, {"prefix": prefix, "job_id": job_id}))
 
 
 def get_for_update(session: Session, clinic_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:

@@ -63,3 +63,6 @@ JOB_RESPONSES: Responses = {
 CONFLICT_RESPONSES: Responses = {
     409: _error("the object is used by a queued or running job, or the job already finished"),
 }
+POLL_RESPONSES: Responses = {
+    304: {"description": "unchanged since the ETag sent in If-None-Match (no body)"},
+}
