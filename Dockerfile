@@ -31,4 +31,4 @@ RUN useradd --system --create-home --uid 10001 spottune \
 USER spottune
 
 EXPOSE 8000
-CMD ["uvicorn", "spottune.app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--timeout-keep-alive", "75"]
+CMD ["uvicorn", "spottune.app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--timeout-keep-alive", "75", "--loop", "uvloop", "--http", "httptools"]

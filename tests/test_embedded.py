@@ -37,7 +37,7 @@ def _run(env: dict[str, str], *args: str) -> str:
 
 
 @pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+def embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], int]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTTUNE_")}
     env |= {"SPOTTUNE_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
     port = _free_port()
@@ -58,7 +58,7 @@ def embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
             proc.kill()
             raise RuntimeError((tmp_path / "serve.log").read_text()[-3000:])
         time.sleep(0.3)
-    yield base, env
+    yield base, env, proc.pid
     proc.send_signal(signal.SIGINT)  # Ctrl-C stops the API and its worker
     assert proc.wait(30) == 0
     log.close()
@@ -67,7 +67,7 @@ def embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def test_serve_runs_a_segmentation_job_with_no_configuration(embedded, tmp_path: Path) -> None:
-    base, env = embedded
+    base, env, serve_pid = embedded
     data = tmp_path / "data"
     assert (data / "spottune.db").is_file()  # migrated before the API started
     key = _run(env, "admin", "create-clinic", "embedded-clinic").strip()
@@ -98,6 +98,36 @@ def test_serve_runs_a_segmentation_job_with_no_configuration(embedded, tmp_path:
     download = client.get(f"/v1/masks/{masks[0]['id']}")
     assert download.status_code == 200 and download.content[:2] == b"\x1f\x8b"
     assert (data / "broker").is_dir()  # the job went through the filesystem broker
+    _assert_worker_leaves_the_api_a_core(serve_pid, tmp_path / "serve.log")
 
     assert "revoked 1" in _run(env, "admin", "revoke-key", key)
     assert client.get("/v1/jobs").status_code == 401
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def _descendants(pid: int) -> list[int]:
+    rows = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for row in rows.split("\n"):
+        if row.strip():
+            child, parent = map(int, row.split())
+            children.setdefault(parent, []).append(child)
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
+def _assert_worker_leaves_the_api_a_core(serve_pid: int, log: Path) -> None:
+    """The worker of `serve` trains at nice 10 with one torch thread fewer than the cores, while
+    the API beside it keeps its priority: polls stay fast while a job trains."""
+    threads = max(1, len(os.sched_getaffinity(0)) - 1)
+    started = [line for line in log.read_text().splitlines() if "torch threads" in line]
+    assert started and all(f": {threads} torch threads, nice 10" in line for line in started)
+    workers = _descendants(serve_pid)  # the worker and its pool process
+    assert len(workers) >= 2 and all(_nice(pid) == 10 for pid in workers)
+    assert _nice(serve_pid) == 0  # the API

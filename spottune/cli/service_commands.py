@@ -16,11 +16,14 @@ import typer
 if TYPE_CHECKING:
     import uvicorn
 
+    from spottune.core.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 admin_app = typer.Typer(no_args_is_help=True)
 
 WORKER_STOP_GRACE_S = 20.0  # warm shutdown (~5-10 s when idle); then cold: the job is re-queued
+EMBEDDED_WORKER_NICE = 10  # the worker of `serve` yields the CPU to the API beside it
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -111,11 +114,28 @@ def _term_when_parent_dies() -> None:
         pass
 
 
-def _start_worker() -> subprocess.Popen[bytes]:
+def embedded_worker_env(settings: Settings, cores: int) -> dict[str, str]:
+    """What the worker of `serve` runs with: it shares the machine with the API, so it trains at
+    a lower priority and with a core fewer than the machine has (unless configured otherwise);
+    polls then keep their latency while a job trains."""
+    nice = settings.worker_nice if settings.worker_nice is not None else EMBEDDED_WORKER_NICE
+    threads = settings.worker_torch_threads or max(1, cores - 1)
+    return {
+        "SPOTTUNE_WORKER_NICE": str(nice),
+        "SPOTTUNE_WORKER_TORCH_THREADS": str(threads),
+        # Native thread pools sized at import (OpenMP, MKL) follow the same cap.
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
+
+
+def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     # Its own session: Ctrl-C reaches `serve`, which then stops the worker in order.
     # One local worker takes both queues: jobs asking for the CPU run here too.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return subprocess.Popen(
         [sys.executable, "-m", "spottune.cli.main", "worker", "--queue", "gpu,cpu", "--allow-cpu"],
+        env={**os.environ, **embedded_worker_env(settings, cores or 1)},
         start_new_session=True,
         preexec_fn=_term_when_parent_dies if sys.platform == "linux" else None,
     )
@@ -157,10 +177,10 @@ def serve(
     migrate()
     server = uvicorn.Server(uvicorn.Config(
         "spottune.app.main:create_app", factory=True, host=host, port=port,
-        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_keep_alive=KEEP_ALIVE_S, loop="uvloop", http="httptools",
     ))
     previous = _stop_on_signals(server)
-    proc = _start_worker() if with_worker else None
+    proc = _start_worker(settings) if with_worker else None
     try:
         server.run()
     finally:

@@ -1,12 +1,14 @@
-"""Query helpers shared by the repositories and the worker: pages, and rows a clinic owns."""
+"""Query helpers shared by the repositories and the worker: pages, rows a clinic owns, and rows
+loaded together by id."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from spottune.core.db import Base
 
@@ -28,3 +30,15 @@ def get_owned(
     if row is None or getattr(row, "clinic_id", None) != clinic_id:
         return None
     return row
+
+
+def by_ids(
+    session: Session, key: InstrumentedAttribute[uuid.UUID], ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, Any]:
+    """The rows of ``key``'s table whose ``key`` is in ``ids``, by that key: one query for a
+    whole page of rows (none for no ids), instead of one per row."""
+    if not ids:
+        return {}
+    entity = key.class_
+    rows = session.scalars(select(entity).where(key.in_(set(ids))))
+    return {getattr(row, key.key): row for row in rows}

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=10, ge=0)  # opened (and closed) beyond that
     # Threads of the API that read job statuses for polls, each keeping one connection open.
     status_read_threads: int = Field(default=4, ge=1)
+    # The worker's share of the CPU: its niceness (higher yields to the API) and torch's threads
+    # (None: torch's default, one per core). `spottune serve` runs its worker at nice 10 with one
+    # thread fewer than the cores, so that the API keeps a core while a job trains.
+    worker_nice: int | None = Field(default=None, ge=0, le=19)
+    worker_torch_threads: int | None = Field(default=None, ge=1)
     # A worker consuming the gpu queue refuses to start on a machine without CUDA when set
     # (docker-compose sets it for worker-gpu): no silent hours-long training on a CPU.
     worker_require_gpu: bool = False

@@ -10,6 +10,7 @@ database and a job whose results exist is never run twice.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -67,6 +68,29 @@ def _keep_freed_memory(**_: Any) -> None:
     from spottune.ml.device import keep_freed_memory
 
     keep_freed_memory()
+
+
+@worker_init.connect  # the main process, before the pool starts: its processes inherit it
+def _lower_priority(**_: Any) -> None:
+    """A worker sharing the machine with the API yields the CPU to it (``worker_nice``)."""
+    nice = get_settings().worker_nice
+    if nice is not None and nice > os.getpriority(os.PRIO_PROCESS, 0):
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+
+@worker_init.connect  # the process that runs tasks with the solo and threads pools
+@worker_process_init.connect  # each prefork pool process
+def _cap_torch_threads(**_: Any) -> None:
+    """Training and inference use ``worker_torch_threads`` threads (default: torch's own)."""
+    import torch
+
+    threads = get_settings().worker_torch_threads
+    if threads is not None:
+        torch.set_num_threads(threads)
+    logger.info(
+        "task process %d: %d torch threads, nice %d",
+        os.getpid(), torch.get_num_threads(), os.getpriority(os.PRIO_PROCESS, 0),
+    )
 
 
 @worker_ready.connect

@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from spottune.app.api.deps import CurrentClinic, SessionDep, SessionFactoryDep, SettingsDep
 from spottune.app.api.downloads import blob_response
 from spottune.app.api.idempotency import IdempotencyDep, register_presenter
-from spottune.app.api.presenters import model_out
+from spottune.app.api.presenters import model_out, model_outs
 from spottune.app.repositories import models as model_repo
 from spottune.app.schemas.common import (
     CONFLICT_RESPONSES,
@@ -72,7 +72,7 @@ def list_models(
 ) -> Page[ModelOut]:
     items, total = model_repo.page(session, clinic.id, limit, offset)
     return Page(
-        items=[model_out(session, m) for m in items], total=total, limit=limit, offset=offset
+        items=model_outs(session, items), total=total, limit=limit, offset=offset
     )
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from spottune.app.api.deps import CurrentClinic, SessionDep, SessionFactoryDep, SettingsDep
 from spottune.app.api.downloads import blob_response
 from spottune.app.api.idempotency import IdempotencyDep, register_presenter
-from spottune.app.api.presenters import scan_out
+from spottune.app.api.presenters import scan_out, scan_outs
 from spottune.app.errors import NotFound
 from spottune.app.repositories import scans as scan_repo
 from spottune.app.schemas.common import (
@@ -98,7 +98,7 @@ def list_scans(
 ) -> Page[ScanOut]:
     items, total = scan_repo.page(session, clinic.id, limit, offset, site=site, annotated=annotated)
     return Page(
-        items=[scan_out(session, s) for s in items], total=total, limit=limit, offset=offset
+        items=scan_outs(session, items), total=total, limit=limit, offset=offset
     )
 
 
