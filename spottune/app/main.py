@@ -38,7 +38,7 @@ def create_app(
     settings = settings or get_settings()
     # No pre-ping in the API: a ping is a round trip per request (see create_db_engine).
     factory = session_factory or get_session_factory(settings, pre_ping=False)
-    status_reader = StatusReader(factory.kw["bind"], settings.status_read_threads)
+    status_reader = StatusReader(factory, settings.status_read_threads)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from spottune.app import admin, security
 from spottune.app.api import deps
 from spottune.app.main import create_app
+from spottune.app.services import job_status
 from spottune.core import blobs
 from spottune.core.models import Mask
 from spottune.core.settings import Settings
@@ -97,8 +98,10 @@ def test_keys_compared_in_constant_time_and_stored_hashed(
     clinic_a: ClinicCtx, session_factory: sessionmaker[Session]
 ) -> None:
     assert "hmac.compare_digest" in inspect.getsource(security.key_matches)
-    source = inspect.getsource(deps.authenticate)
+    source = inspect.getsource(security.match_key)
     assert "key_matches(" in source and "break" not in source and "==" not in source
+    for caller in (deps.authenticate, job_status.status_body):  # every way a key is checked
+        assert "match_key(" in inspect.getsource(caller)
     with session_factory() as session:
         dump = " ".join(str(row) for row in session.execute(text("SELECT * FROM api_keys")).all())
     assert clinic_a.key not in dump and security.hash_key(clinic_a.key) in dump

@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
 
 from spottune.app.conditional import body_etag
 from spottune.app.errors import NotFound
@@ -67,8 +68,8 @@ _Request = tuple[str, uuid.UUID, asyncio.AbstractEventLoop, "asyncio.Future[Stat
 class StatusReader:
     """Reads job statuses on ``threads`` threads, each with one connection kept open."""
 
-    def __init__(self, engine: Engine, threads: int) -> None:
-        self.engine = status_engine(engine)
+    def __init__(self, factory: sessionmaker[Session], threads: int) -> None:
+        self.factory = factory  # its engine is read on first use (schema-only apps have none)
         self.threads = threads
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
@@ -95,15 +96,18 @@ class StatusReader:
         with self._lock:  # started on first use: an app that is never polled has no threads
             if self._workers:
                 return
+            engine = status_engine(self.factory.kw["bind"])
             self._workers = [
-                threading.Thread(target=self._serve, name=f"spottune-status-{i}", daemon=True)
+                threading.Thread(
+                    target=self._serve, args=(engine,), name=f"spottune-status-{i}", daemon=True
+                )
                 for i in range(self.threads)
             ]
             for worker in self._workers:
                 worker.start()
 
-    def _serve(self) -> None:
-        link = _Link(self.engine)
+    def _serve(self, engine: Engine) -> None:
+        link = _Link(engine)
         try:
             while (request := self._requests.get()) is not None:
                 key, job_id, loop, future = request
