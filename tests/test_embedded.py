@@ -37,7 +37,7 @@ def _run(env: dict[str, str], *args: str) -> str:
 
 
 @pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], int]]:
+def embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTTUNE_")}
     env |= {"SPOTTUNE_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
     port = _free_port()
@@ -58,7 +58,7 @@ def embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], int]]:
             proc.kill()
             raise RuntimeError((tmp_path / "serve.log").read_text()[-3000:])
         time.sleep(0.3)
-    yield base, env, proc.pid
+    yield base, env
     proc.send_signal(signal.SIGINT)  # Ctrl-C stops the API and its worker
     assert proc.wait(30) == 0
     log.close()
@@ -67,7 +67,7 @@ def embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], int]]:
 
 
 def test_serve_runs_a_segmentation_job_with_no_configuration(embedded, tmp_path: Path) -> None:
-    base, env, serve_pid = embedded
+    base, env = embedded
     data = tmp_path / "data"
     assert (data / "spottune.db").is_file()  # migrated before the API started
     key = _run(env, "admin", "create-clinic", "embedded-clinic").strip()
@@ -98,10 +98,22 @@ def test_serve_runs_a_segmentation_job_with_no_configuration(embedded, tmp_path:
     download = client.get(f"/v1/masks/{masks[0]['id']}")
     assert download.status_code == 200 and download.content[:2] == b"\x1f\x8b"
     assert (data / "broker").is_dir()  # the job went through the filesystem broker
-    _assert_worker_leaves_the_api_a_core(serve_pid, tmp_path / "serve.log")
+    _assert_worker_leaves_the_api_a_core(_serve_pid(base), tmp_path / "serve.log")
 
     assert "revoked 1" in _run(env, "admin", "revoke-key", key)
     assert client.get("/v1/jobs").status_code == 401
+
+
+def _serve_pid(base: str) -> int:
+    """The `spottune serve` listening at ``base``."""
+    argv = f"serve\0--port\0{base.rsplit(':', 1)[1]}\0"
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if "spottune.cli.main" in (text := cmdline.read_text()) and argv in text:
+                return int(cmdline.parent.name)
+        except OSError:  # a process that ended meanwhile
+            continue
+    raise AssertionError(f"no spottune serve at {base}")
 
 
 def _nice(pid: int) -> int:
