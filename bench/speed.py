@@ -39,6 +39,7 @@ from speed_process import bench_processes  # noqa: E402
 from speed_training import bench_training  # noqa: E402
 
 from spottune.ml.device import keep_freed_memory  # noqa: E402
+from spottune.ml.inference import bf16_is_fast  # noqa: E402
 from spottune.ml.machine import machine_id, machine_info  # noqa: E402
 
 log = logging.getLogger("bench.speed")
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-process", action="store_true",
                         help="skip the whole-process comparison with deepbet")
+    parser.add_argument("--process-only", action="store_true",
+                        help="only the whole-process comparison with deepbet")
     parser.add_argument("--deepbet-env", type=Path, default=ROOT / "bench" / ".deepbet-venv",
                         help="deepbet's own environment (made on first use)")
     args = parser.parse_args(argv)
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     keep_freed_memory()  # as the CLI and the worker run
     start = time.perf_counter()
-    for device in devices:
+    for device in devices if not args.process_only else []:
         if not args.skip_training:
             result["training"] += bench_training(device, args.quick)
         result["inference"][device.type] = bench_inference(
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not args.skip_process and (args.data / "manifest.json").is_file():
         result["whole_process"] = bench_processes(
-            args.data, checkpoint, 1 if args.quick else 3, args.deepbet_env)
+            args.data, checkpoint, 1 if args.quick else 3, args.deepbet_env,
+            bf16=bf16_is_fast(devices[0]))
     result["load_after"] = [round(v, 2) for v in os.getloadavg()]
     result["wall_s"] = round(time.perf_counter() - start, 1)
     out = args.out or RESULTS / f"speed-{machine_id(devices[-1])}.json"
