@@ -154,13 +154,19 @@ async def _open_client(conn: _Connection, plan: Plan, index: int, tally: Tally) 
         if scheduled > now:
             await asyncio.sleep(scheduled - now)
         tally.send_lag_ms.append(max(0.0, time.monotonic() - scheduled) * 1000)
-        try:
-            status, server = await conn.get()
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            tally.errors[type(exc).__name__] += 1
-            conn.close()
-            continue
-        _record(tally, status, server, time.monotonic() - scheduled)
+        if (answer := await _get(conn, tally)) is not None:
+            _record(tally, *answer, time.monotonic() - scheduled)
+
+
+async def _get(conn: _Connection, tally: Tally) -> tuple[int, float | None] | None:
+    """One request's (status, server time), or None after counting its error (the connection
+    is closed and reopened by the next request)."""
+    try:
+        return await conn.get()
+    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        tally.errors[type(exc).__name__] += 1
+        conn.close()
+        return None
 
 
 async def _closed_client(conn: _Connection, plan: Plan, tally: Tally) -> None:
@@ -169,15 +175,11 @@ async def _closed_client(conn: _Connection, plan: Plan, tally: Tally) -> None:
     if plan.start > now:
         await asyncio.sleep(plan.start - now)
     while (sent := time.monotonic()) < end:
-        try:
-            status, server = await conn.get()
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            tally.errors[type(exc).__name__] += 1
-            conn.close()
+        if (answer := await _get(conn, tally)) is None:
             continue
         done = time.monotonic()
         if done <= end:
-            _record(tally, status, server, done - sent)
+            _record(tally, *answer, done - sent)
 
 
 async def _run(plan: Plan) -> Tally:

@@ -77,6 +77,7 @@ def bench_processes(
     script = Path(sys.executable).with_name("spottune")  # the console script a user runs
     spottune = ([str(script), "segment"] if script.is_file()
                 else [sys.executable, "-m", "spottune.cli.main", "segment"])
+    flags = ["--bf16"] if bf16 else []
     out = Path(tempfile.mkdtemp(prefix="spottune-speed-"))
     rows: list[dict[str, Any]] = []
     times: dict[str, list[float]] = {"spottune segment": [], "deepbet": []}
@@ -84,7 +85,7 @@ def bench_processes(
     for scan in heads:
         image = manifest.image_path(scan)
         ours = [*spottune, str(image), "--model", str(checkpoint), "--out-dir", str(out / "ours"),
-                *(["--bf16"] if bf16 else [])]
+                *flags]
         theirs = ([str(cli), "-i", str(image), "-o", str(out / "brain.nii.gz"),
                    "-m", str(out / f"{scan.id}_deepbet.nii.gz"), "--no_gpu"] if cli else None)
         _run(ours)  # warm the page cache and the deepbet environment once
@@ -113,8 +114,7 @@ def bench_processes(
         summary["ratio_spottune_to_deepbet"] = round(
             summary["spottune segment"]["median_s"] / summary["deepbet"]["median_s"], 3)
     result = {"scans": [s.id for s in heads], "repeats_per_scan": repeats,
-              "command": " ".join([Path(ours[0]).name, *ours[1:2], "IMAGE", "--model", "MODEL",
-                                   "--out-dir", "DIR", *(["--bf16"] if bf16 else [])]),
+              "command": " ".join(["spottune segment IMAGE --model MODEL --out-dir DIR", *flags]),
               "deepbet": {"package": DEEPBET, "environment": str(env_dir), "status": how},
               "model": str(checkpoint), "summary": summary, "masks": rows}
     log.info("whole processes: %s", json.dumps(summary))

@@ -133,7 +133,7 @@ def predict_slices(
         multiple: pad H, W up to a multiple of this; defaults to 2**model.depth.
         bf16: run in BF16 (CPU AVX-512 BF16 / AMX, CUDA); faster, slightly less exact.
         fuse: run a plain U-Net as its fused inference copy (fused.py); same function up to
-            float rounding.
+            float rounding. A model that already is such a copy runs as it is with fuse=False.
         progress: called with (slices done, total slices) after each batch.
 
     Returns:
@@ -149,16 +149,16 @@ def predict_slices(
     was_training = model.training
     model.eval()
     source = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
-    fused = _inference_copy(model, bf16, device) if fuse else None
-    net = fused if fused is not None else model
-    autocast = bf16 and fused is None
+    net = (_inference_copy(model, bf16, device) if fuse else None) or model
+    param = next(net.parameters(), None)
+    half = param is not None and param.dtype == torch.bfloat16  # a BF16 copy takes BF16 input
     try:
         for start in range(0, n, batch_size):
             x = source[start : start + batch_size].unsqueeze(1).to(device)
             x = F.pad(x, (0, pad_w, 0, pad_h)).contiguous(memory_format=torch.channels_last)
-            if fused is not None and bf16:
+            if half:
                 x = x.to(torch.bfloat16)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and not half):
                 logits = net(x)
             prob = torch.sigmoid(logits.float())[:, 0, :height, :width]
             out[start : start + prob.shape[0]] = prob.cpu().numpy()
@@ -263,9 +263,12 @@ def segment_volume(
     else:
         logger.debug("inference on %s of %s", prepared.image[box].shape, prepared.image.shape)
 
+        # one inference copy for both passes of the locating path
+        net = (_inference_copy(model, bf16, target) if fuse else None) or model
+
         def predict(slices: np.ndarray, report: Progress | None) -> np.ndarray:
-            return predict_slices(model, slices, batch_size, target, multiple=multiple,
-                                  bf16=bool(bf16), fuse=fuse, progress=report)
+            return predict_slices(net, slices, batch_size, target, multiple=multiple,
+                                  bf16=bool(bf16), fuse=False, progress=report)
 
         head = prepared.image[box]
         probs[box] = (predict_located(predict, head, progress=progress) if locate
