@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # helper modules beside this file
 
 from adaptation_profiles import PROFILES, Profile, parse_budget  # noqa: E402
-from adaptation_runs import Data, Runner, plan, unit_key  # noqa: E402
+from adaptation_runs import Data, Runner, model_weights, plan, unit_key  # noqa: E402
 from adaptation_stats import plateau, policy_agreement, summarise  # noqa: E402
 from adaptation_table import markdown_report  # noqa: E402
 
@@ -65,6 +65,17 @@ def _run(unit: dict[str, Any], deadline: float) -> dict[str, Any] | None:
         return _RUNNER.run(unit)
     except Exception:  # one failing unit must not lose the others: it stays uncached, reported
         log.exception("unit %s failed", unit_key(unit))
+        return None
+
+
+def _restore(unit: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+    assert _RUNNER is not None
+    if time.time() > deadline:
+        return None
+    try:
+        return _RUNNER.restore_model(unit)
+    except Exception:
+        log.exception("restoring model %s failed", unit_key(unit))
         return None
 
 
@@ -144,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds-per-fold", type=int, help="[profile's]")
     parser.add_argument("--adapt-iterations", type=int, help="[profile's]")
     parser.add_argument("--adapt-learning-rate", type=float, help="[profile's; none: derived]")
-    parser.add_argument("--policy-learning-rate", type=float, help="[profile's; none: 10x]")
+    parser.add_argument("--policy-learning-rate", type=float, help="[profile's; none: derived]")
     parser.add_argument("--frozen-norm", choices=("source", "target"), help="[profile's]")
+    parser.add_argument("--global-bn-reestimate", action=argparse.BooleanOptionalAction,
+                        default=None, help="spottune-global: re-estimate the chosen units' "
+                        "BatchNorm statistics on the target images after fine-tuning [profile's]")
     parser.add_argument("--name", help="results name [adaptation-<profile>]")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no new unit after this long; what finished stays cached")
@@ -167,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.methods:
         overrides["methods"] = tuple(args.methods.split(","))
     for field in ("seeds_per_fold", "adapt_iterations", "adapt_learning_rate",
-                  "policy_learning_rate", "frozen_norm"):
+                  "policy_learning_rate", "frozen_norm", "global_bn_reestimate"):
         if getattr(args, field) is not None:
             overrides[field] = getattr(args, field)
     profile = dataclasses.replace(profile, **overrides)
@@ -187,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
                  args.profile, device, len(units), len(units) - len(todo), len(todo), args.jobs)
         models = [u for u in todo if u["kind"] in ("source", "oracle", "ceiling")]
         evals = [u for u in todo if u not in models]
+        # Cached source models whose weights this checkout lacks (they are not committed) and
+        # which a pending adaptation needs: retrained once each, up front, one per process,
+        # rather than by whichever adaptation first needs them (two processes could both train
+        # the same one).
+        needed = {e["source_key"]: e["source_unit"] for e in evals if e["kind"] in ("none",
+                                                                                  "adapt")}
+        restore = [u for k, u in needed.items() if k not in {unit_key(m) for m in models}
+                   and not model_weights(cache, u).is_file()]
         if args.fold_order:  # which folds finish first when a sitting ends before the profile
             rank = [int(f) for f in args.fold_order.split(",")]
             evals.sort(key=lambda u: rank.index(u["fold"]) if u["fold"] in rank else len(rank))
@@ -194,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         with ProcessPoolExecutor(max(1, args.jobs), mp_context=context, initializer=_init,
                                  initargs=(args.data, cache, profile, device,
                                            args.threads)) as pool:
+            if restore:
+                log.info("retraining %d cached source model(s) whose weights are missing",
+                         len(restore))
+                list(pool.map(_restore, restore, [deadline] * len(restore)))
             for phase in (models, evals):  # adaptations need their source models
                 done = 0
                 for result in pool.map(_run, phase, [deadline] * len(phase)):

@@ -42,7 +42,7 @@ class Profile:
     source_learning_rate: float
     adapt_iterations: int
     adapt_learning_rate: float | None  # None: derived from the iteration budget (train.py)
-    policy_learning_rate: float | None  # None: 10x the network's (train.py)
+    policy_learning_rate: float | None  # None: derived from the budget (train.py)
     budgets: tuple[Budget, ...]
     seeds_per_fold: int
     pairs: tuple[tuple[str, str], ...]
@@ -50,6 +50,7 @@ class Profile:
     unlabelled_volumes: int | None  # target volumes AdaBN / BN re-estimation see (None: all)
     methods: tuple[str, ...]
     frozen_norm: str = "source"
+    global_bn_reestimate: bool = False  # spottune-global: see spottune.ml.train._export_finetuned
 
 
 CPU_PAIRS = (

@@ -25,7 +25,13 @@ from spottune.ml.checkpoint import load_model, save_checkpoint
 from spottune.ml.config import ModelConfig, Preprocessing
 from spottune.ml.inference import segment_volume
 from spottune.ml.preparation import PreparedVolume, prepare_volume, slice_voxel_axis
-from spottune.ml.train import AdaptOptions, SourceOptions, adapt, train_source
+from spottune.ml.train import (
+    AdaptOptions,
+    SourceOptions,
+    adapt,
+    policy_learning_rate,
+    train_source,
+)
 from spottune.ml.volumes import Volume, load_mask, load_volume
 
 log = logging.getLogger("bench.adaptation")
@@ -124,6 +130,30 @@ def unit_key(unit: dict[str, Any]) -> str:
     return f"{unit['kind']}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
 
 
+def _method_settings(method: str, settings: dict[str, Any], profile: Profile) -> dict[str, Any]:
+    """The adaptation settings that key a unit of `method`. Settings only SpotTUnet reads keep
+    their original values for the fixed methods, so changing them reruns SpotTUnet units only;
+    settings added later appear in a key only when they differ from the value every earlier unit
+    ran with (so earlier units keep their keys)."""
+    if not method.startswith("spottune"):
+        return {**settings, "policy_learning_rate": None, "frozen_norm": "source"}
+    # The policy rate as it will run (an unset one follows train.py's default, which has changed:
+    # keyed by value, runs made under an earlier default are not taken for today's).
+    options = AdaptOptions(iterations=profile.adapt_iterations,
+                           learning_rate=profile.adapt_learning_rate,
+                           policy_learning_rate=profile.policy_learning_rate)
+    settings = {**settings, "policy_learning_rate": policy_learning_rate(options)}
+    if method == "spottune-global" and not profile.global_bn_reestimate:
+        return {**settings, "global_bn_reestimate": False}
+    return settings
+
+
+def model_weights(cache: Path, unit: dict[str, Any]) -> Path:
+    """Where a source or oracle unit's weights live (not committed: a fresh checkout retrains
+    them, same seed and settings, when a pending unit needs them)."""
+    return cache / "models" / f"{unit_key(unit)}.safetensors"
+
+
 def plan(data: Data, profile: Profile, data_seed: int | None) -> list[dict[str, Any]]:
     """Every unit of the profile, models before the units that need them."""
     models, evals = [], []
@@ -162,7 +192,8 @@ def plan(data: Data, profile: Profile, data_seed: int | None) -> list[dict[str, 
                 add(evals, {"kind": "none", **pair})
                 for budget in profile.budgets:
                     for method in profile.methods:
-                        add(evals, {"kind": "adapt", **pair, **adapt_settings,
+                        add(evals, {"kind": "adapt", **pair,
+                                    **_method_settings(method, adapt_settings, profile),
                                     "method": method, "budget": budget,
                                     "train_id": split.train_id,
                                     "unlabelled_ids": list(split.unlabelled_ids)})
@@ -204,7 +235,7 @@ class Runner:
 
     def _train(self, unit: dict[str, Any]) -> tuple[torch.nn.Module, ModelConfig]:
         # apart from the results: save_checkpoint writes a config JSON beside the weights
-        weights = self.cache / "models" / f"{unit_key(unit)}.safetensors"
+        weights = model_weights(self.cache, unit)
         weights.parent.mkdir(parents=True, exist_ok=True)
         if weights.is_file():
             return load_model(weights, device=self.device)
@@ -217,6 +248,11 @@ class Runner:
                               device=self.device)
         save_checkpoint(result.model, result.config, weights)
         return result.model, result.config
+
+    def restore_model(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """Retrain a cached source model's weights (same seed, same settings)."""
+        self._train(unit)
+        return {"kind": unit["kind"], "restored": True}
 
     def _source(self, unit: dict[str, Any]) -> dict[str, Any]:
         self._train(unit)
@@ -263,7 +299,9 @@ class Runner:
         t0 = time.monotonic()
         result = adapt(base, config, [self._prepared(unit["train_id"], slices)], method,
                        options, unlabelled=unlabelled, device=self.device,
-                       frozen_norm=unit["frozen_norm"])
+                       frozen_norm=unit["frozen_norm"],
+                       # absent from a key: the unit was made when re-estimation was on
+                       global_bn_reestimate=unit.get("global_bn_reestimate", True))
         seconds = time.monotonic() - t0
         losses = np.array([h["loss"] for h in result.history])
         curve = ([float(w.mean()) for w in np.array_split(losses, CURVE_POINTS) if w.size]

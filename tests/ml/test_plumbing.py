@@ -71,6 +71,12 @@ def test_learning_rates_follow_the_budget() -> None:
     options = AdaptOptions(iterations=6000)
     assert network_learning_rate(options) == pytest.approx(1e-3)
     assert policy_learning_rate(options) == pytest.approx(1e-2)  # the paper's 10x
+    short = AdaptOptions(iterations=200)  # the CPU schedule chosen on validation: ratio 1
+    assert policy_learning_rate(short) == pytest.approx(network_learning_rate(short)) == 0.05
+    assert 0.01 < policy_learning_rate(AdaptOptions(iterations=1000)) < 0.05
+    # an explicit network rate keeps the budget's ratio
+    assert policy_learning_rate(AdaptOptions(iterations=6000, learning_rate=0.002)) == (
+        pytest.approx(0.02))
     explicit = AdaptOptions(iterations=6000, learning_rate=0.02, policy_learning_rate=0.5)
     assert (network_learning_rate(explicit), policy_learning_rate(explicit)) == (0.02, 0.5)
 

@@ -189,7 +189,7 @@ def test_patch_size_must_fit_the_model(source: AdaptResult,
               AdaptOptions(patch_size=30, iterations=1))
 
 
-def test_global_export_recalibrates_only_the_chosen_trainable_twins(
+def test_global_export_changes_only_the_chosen_units(
     source: AdaptResult, target_volumes: list[PreparedVolume]
 ) -> None:
     options = AdaptOptions(iterations=6, policy="global", lambda_reg=0.0, **FAST)
@@ -207,3 +207,23 @@ def test_global_export_recalibrates_only_the_chosen_trainable_twins(
     stats = [key for key in after if key.endswith("running_mean")
              and any(key.startswith(name + ".") for name in chosen)]
     assert stats and all(not torch.equal(after[key], before[key]) for key in stats)
+
+
+def test_global_bn_reestimation_changes_only_the_chosen_units_statistics(
+    source: AdaptResult, target_volumes: list[PreparedVolume]
+) -> None:
+    """Re-estimation (off by default) rewrites the chosen units' running statistics from whole
+    target slices and nothing else: same seed, same weights, same configuration."""
+    options = AdaptOptions(iterations=6, policy="global", lambda_reg=0.0, **FAST)
+    runs = [adapt(net(source), source.config, target_volumes, "spottune", options,
+                  global_bn_reestimate=flag) for flag in (False, True)]
+    kept, redone = (r.model.state_dict() for r in runs)
+    assert runs[0].policy is not None and runs[1].policy is not None
+    assert runs[0].policy.frequency == runs[1].policy.frequency
+    changed = {key for key in kept if not torch.equal(kept[key], redone[key])}
+    assert changed, "re-estimation should move some statistics"
+    assert all(key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+               for key in changed), changed
+    chosen = [name for name, share in zip(runs[0].policy.gate_names, runs[0].policy.frequency,
+                                          strict=True) if share > 0.5]
+    assert all(any(key.startswith(name + ".") for name in chosen) for key in changed)
