@@ -133,8 +133,20 @@ def summarise(rows: Sequence[dict], budgets: Sequence[Any], methods: Sequence[st
         for item, adjusted in zip(found, holm([f["p"] for f in found]), strict=True):
             item["p_holm"] = adjusted
         comparisons += found
+    global_vs_instance = []  # the goal: the global policy within 0.02 of the instance one
+    if "spottune" in methods and "spottune-global" in methods:
+        for budget in budgets:
+            diff = difference(cells(rows, "spottune-global", budget),
+                              cells(rows, "spottune", budget))
+            if any(diff.values()):
+                dist = bootstrap(diff, rng)
+                global_vs_instance.append({
+                    "budget": budget, "difference": point(diff),
+                    "ci_low": float(np.percentile(dist, 2.5)),
+                    "ci_high": float(np.percentile(dist, 97.5))})
     ceiling = cells(rows, "ceiling", None)
     return {"summary": summary, "best_fixed": best_fixed, "comparisons": comparisons,
+            "global_vs_instance": global_vs_instance,
             "ceiling": {"mean_sdice": point(ceiling),
                         "mean_sdice_2mm": point(cells(rows, "ceiling", None, metric="sdice_2mm")),
                         "mean_dice": point(cells(rows, "ceiling", None, metric="dice"))}}

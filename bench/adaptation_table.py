@@ -63,6 +63,13 @@ def markdown_report(report: dict[str, Any], budgets: Sequence[Any], title: str) 
                          f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | "
                          f"{r['p_holm']:.3f} |")
         lines.append("")
+    if report.get("global_vs_instance"):
+        lines += ["Global minus instance policy (paired per test subject, hierarchical bootstrap; "
+                  "goal: within 0.02):", "", "| budget | difference [95% CI] |", "|---|---|"]
+        for r in report["global_vs_instance"]:
+            lines.append(f"| {r['budget']} | {r['difference']:+.3f} "
+                         f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] |")
+        lines.append("")
     for name, agreement in report["policy_agreement_by_method"].items():
         lines.append(f"Policy agreement ({name}, Spearman of per-gate probabilities): same site "
                      f"across seeds {_fmt(agreement['same_site_across_seeds'], 2)} "
