@@ -76,6 +76,16 @@ def bf16_is_fast(device: torch.device) -> bool:
     return False
 
 
+def _bf16_runnable(bf16: bool, device: torch.device) -> bool:
+    """BF16 if asked for and the device can run it at all: a CPU without native BF16 (oneDNN
+    refuses BF16 convolutions there, e.g. AVX2-only) gets FP32, with a warning."""
+    if bf16 and device.type == "cpu" and not bf16_is_fast(device):
+        logger.warning("BF16 inference asked for, but this CPU has no native BF16 "
+                       "(AVX-512 BF16 / AMX): running in FP32")
+        return False
+    return bf16
+
+
 def _extent(counts: np.ndarray, margin: int) -> slice | None:
     """Index range where `counts` exceeds a small share of its peak, widened by `margin`."""
     keep = np.flatnonzero(counts > max(0.0, _MIN_SHARE * counts.max()))
@@ -142,6 +152,7 @@ def predict_slices(
     if slices.ndim != 3:
         raise ValueError(f"expected slices [S, H, W], got {slices.shape}")
     device = torch.device(device) if device is not None else _model_device(model)
+    bf16 = _bf16_runnable(bf16, device)
     multiple = multiple or required_multiple(model)
     n, height, width = slices.shape
     pad_h, pad_w = -height % multiple, -width % multiple
@@ -251,8 +262,7 @@ def segment_volume(
     device runs it natively (bf16_is_fast), FP32 elsewhere.
     """
     target = torch.device(device) if device is not None else _model_device(model)
-    if bf16 is None:
-        bf16 = bf16_is_fast(target)
+    bf16 = bf16_is_fast(target) if bf16 is None else _bf16_runnable(bf16, target)
     prepared = prepare_volume(volume, prep)
     probs = np.zeros(prepared.image.shape, dtype=np.float32)
     box = head_bounding_box(prepared.image) if crop else (slice(None),) * 3

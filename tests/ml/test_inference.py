@@ -13,6 +13,7 @@ from spottune.ml.fused import fused_copy
 from spottune.ml.inference import (
     HEAD_MARGIN,
     LOCATE_STRIDE,
+    bf16_is_fast,
     head_bounding_box,
     keep_largest_component,
     predict_slices,
@@ -117,6 +118,8 @@ def test_real_unet_runs_and_keeps_training_mode() -> None:
     fp32 = predict_slices(model, slices, 8)
     bf16 = predict_slices(model, slices, 8, bf16=True)
     assert np.abs(fp32 - bf16).max() < 0.1
+    if not bf16_is_fast(torch.device("cpu")):  # no native BF16: FP32 instead of a crash
+        assert np.array_equal(fp32, bf16)
 
 
 def _head_with_brain(n_slices: int, brain_slices: slice) -> np.ndarray:
@@ -173,10 +176,12 @@ def test_fused_copy_computes_what_the_model_computes() -> None:
         expected = model(x)
         fused = fused_copy(model)
         got = fused(x.contiguous(memory_format=torch.channels_last))
-        half = fused_copy(model, dtype=torch.bfloat16)(
-            x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
-    assert (half - expected).abs().max() < 0.05 * expected.abs().max()
+    if bf16_is_fast(torch.device("cpu")):  # oneDNN runs BF16 convolutions only on such CPUs
+        with torch.inference_mode():
+            half = fused_copy(model, dtype=torch.bfloat16)(
+                x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
+        assert (half - expected).abs().max() < 0.05 * expected.abs().max()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # untouched
     assert not any(p.requires_grad for p in fused.parameters())
 
