@@ -57,25 +57,15 @@ def _init(data_dir: Path, cache: Path, profile: Profile, device: str, threads: i
     _RUNNER = Runner(data_dir, cache, profile, device)
 
 
-def _run(unit: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+def _run(unit: dict[str, Any], deadline: float, restore: bool = False) -> dict[str, Any] | None:
+    """Run (or, with `restore`, retrain the missing weights of) one unit in this process."""
     assert _RUNNER is not None
-    if not _RUNNER.result_path(unit).is_file() and time.time() > deadline:
+    if (restore or not _RUNNER.result_path(unit).is_file()) and time.time() > deadline:
         return None
     try:
-        return _RUNNER.run(unit)
+        return _RUNNER.restore_model(unit) if restore else _RUNNER.run(unit)
     except Exception:  # one failing unit must not lose the others: it stays uncached, reported
         log.exception("unit %s failed", unit_key(unit))
-        return None
-
-
-def _restore(unit: dict[str, Any], deadline: float) -> dict[str, Any] | None:
-    assert _RUNNER is not None
-    if time.time() > deadline:
-        return None
-    try:
-        return _RUNNER.restore_model(unit)
-    except Exception:
-        log.exception("restoring model %s failed", unit_key(unit))
         return None
 
 
@@ -205,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         # which a pending adaptation needs: retrained once each, up front, one per process,
         # rather than by whichever adaptation first needs them (two processes could both train
         # the same one).
-        needed = {e["source_key"]: e["source_unit"] for e in evals if e["kind"] in ("none",
-                                                                                  "adapt")}
-        restore = [u for k, u in needed.items() if k not in {unit_key(m) for m in models}
-                   and not model_weights(cache, u).is_file()]
+        needed = {e["source_key"]: e["source_unit"] for e in evals}  # evals: none and adapt
+        trained = {unit_key(m) for m in models}
+        restore = [u for k, u in needed.items()
+                   if k not in trained and not model_weights(cache, u).is_file()]
         if args.fold_order:  # which folds finish first when a sitting ends before the profile
             rank = [int(f) for f in args.fold_order.split(",")]
             evals.sort(key=lambda u: rank.index(u["fold"]) if u["fold"] in rank else len(rank))
@@ -219,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             if restore:
                 log.info("retraining %d cached source model(s) whose weights are missing",
                          len(restore))
-                list(pool.map(_restore, restore, [deadline] * len(restore)))
+                list(pool.map(_run, restore, [deadline] * len(restore), [True] * len(restore)))
             for phase in (models, evals):  # adaptations need their source models
                 done = 0
                 for result in pool.map(_run, phase, [deadline] * len(phase)):

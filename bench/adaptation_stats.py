@@ -70,6 +70,20 @@ def difference(a: Cell, b: Cell) -> Cell:
             for pair in a if pair in b}
 
 
+def _paired(a: Cell, b: Cell, rng: np.random.Generator) -> dict[str, float] | None:
+    """a - b paired per (pair, subject): mean, 95% bootstrap interval and two-sided p, or None
+    when no subject has both."""
+    diff = difference(a, b)
+    if not any(diff.values()):
+        return None
+    dist = bootstrap(diff, rng)
+    mean = point(diff)
+    assert mean is not None
+    return {"difference": mean, "ci_low": float(np.percentile(dist, 2.5)),
+            "ci_high": float(np.percentile(dist, 97.5)),
+            "p": float(min(1.0, 2 * min((dist <= 0).mean(), (dist >= 0).mean())))}
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values, in the input order."""
     order = np.argsort(p_values)
@@ -122,28 +136,21 @@ def summarise(rows: Sequence[dict], budgets: Sequence[Any], methods: Sequence[st
             best = best_fixed.get(str(budget))
             if best is None:
                 continue
-            diff = difference(cells(rows, method, budget), cells(rows, best, budget))
-            if not any(diff.values()):
+            paired = _paired(cells(rows, method, budget), cells(rows, best, budget), rng)
+            if paired is None:
                 continue
-            dist = bootstrap(diff, rng)
-            p = float(min(1.0, 2 * min((dist <= 0).mean(), (dist >= 0).mean())))
-            found.append({"method": method, "budget": budget, "best_fixed": best,
-                          "difference": point(diff), "ci_low": float(np.percentile(dist, 2.5)),
-                          "ci_high": float(np.percentile(dist, 97.5)), "p": p})
+            found.append({"method": method, "budget": budget, "best_fixed": best, **paired})
         for item, adjusted in zip(found, holm([f["p"] for f in found]), strict=True):
             item["p_holm"] = adjusted
         comparisons += found
     global_vs_instance = []  # the issue's goal: the global policy within 0.02 of the instance one
     if "spottune" in methods and "spottune-global" in methods:
         for budget in budgets:
-            diff = difference(cells(rows, "spottune-global", budget),
-                              cells(rows, "spottune", budget))
-            if any(diff.values()):
-                dist = bootstrap(diff, rng)
-                global_vs_instance.append({
-                    "budget": budget, "difference": point(diff),
-                    "ci_low": float(np.percentile(dist, 2.5)),
-                    "ci_high": float(np.percentile(dist, 97.5))})
+            paired = _paired(cells(rows, "spottune-global", budget),
+                             cells(rows, "spottune", budget), rng)
+            if paired is not None:
+                paired.pop("p")
+                global_vs_instance.append({"budget": budget, **paired})
     ceiling = cells(rows, "ceiling", None)
     return {"summary": summary, "best_fixed": best_fixed, "comparisons": comparisons,
             "global_vs_instance": global_vs_instance,
