@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spottune.ml.network import PreActivation, ResBlock, UNet
+from spottune.ml.spottune import SpotTUNet
 
 
 def _mkldnn_fusion(device: torch.device) -> bool:
@@ -80,3 +81,34 @@ def fused_copy(
             module.act.inplace = True
     fused.requires_grad_(False)
     return fused.to(dtype).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+class _Float32Agent(nn.Module):
+    """The policy of a gated copy, kept in FP32 on an FP32 view of its input: a slice's choice of
+    twin must not flip with the precision the twins run in."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.policy(x.float())
+        return out
+
+
+def fused_spottune_copy(
+    model: SpotTUNet, *, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+) -> SpotTUNet:
+    """An eval-mode copy of a SpotTUNet whose twins are fused copies (fused_copy) in `dtype`.
+
+    In eval mode every slice runs only the twin its policy chose (SpotTUNet._gated), so with an
+    instance policy a gated net costs about one fused U-Net plus its agent. The policy stays FP32.
+    Feed it channels-last inputs of `dtype`.
+    """
+    gated = copy.copy(model)  # the module's own attributes; its children are replaced below
+    gated._modules = dict(model._modules)
+    gated.trainable = fused_copy(model.trainable, dtype=dtype, device=device)
+    gated.frozen = fused_copy(model.frozen, dtype=dtype, device=device)
+    policy = copy.deepcopy(model.policy).eval().requires_grad_(False).float()
+    gated.policy = _Float32Agent(policy.to(device) if device is not None else policy)
+    return gated.eval()

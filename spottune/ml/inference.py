@@ -30,9 +30,10 @@ from torch import nn
 
 from spottune.contract import SegmentationOptions
 from spottune.ml.config import Preprocessing
-from spottune.ml.fused import fused_copy
+from spottune.ml.fused import fused_copy, fused_spottune_copy
 from spottune.ml.network import UNet
 from spottune.ml.preparation import prepare_volume, restore_to_grid
+from spottune.ml.spottune import SpotTUNet
 from spottune.ml.volumes import Volume
 
 logger = logging.getLogger(__name__)
@@ -114,11 +115,15 @@ def head_bounding_box(
 
 
 def _inference_copy(model: nn.Module, bf16: bool, device: torch.device) -> nn.Module | None:
-    """A fused channels-last copy of a plain U-Net (BF16 or FP32; see fused.py), or None for other
-    models (gated models sample their policy: they run as they are, under autocast for BF16)."""
-    if type(model) is not UNet:
-        return None
-    return fused_copy(model, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
+    """A fused channels-last copy (BF16 or FP32; see fused.py) of a plain U-Net or a SpotTUNet
+    (whose policy stays FP32), or None for other models: they run as they are, under autocast
+    for BF16."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    if type(model) is UNet:
+        return fused_copy(model, dtype=dtype, device=device)
+    if type(model) is SpotTUNet:
+        return fused_spottune_copy(model, dtype=dtype, device=device)
+    return None
 
 
 @torch.inference_mode()

@@ -30,7 +30,9 @@ class _GateMix(torch.autograd.Function):
 
     Gradients equal those of that expression (and of torch.lerp), but a twin no sample chose gets
     None instead of a zero tensor, so autograd skips its whole backward pass: with the global
-    policy the unchosen twins cost a forward pass only.
+    policy the unchosen twins cost a forward pass only. With `frozen_rows_read` the frozen output's
+    gradient is handed on unmasked: whoever made that output reads only the rows of the slices
+    that chose the frozen twin (see _frozen_output), where the mask is 1 anyway.
     """
 
     @staticmethod
@@ -41,9 +43,11 @@ class _GateMix(torch.autograd.Function):
         gate: Tensor,
         all_trainable: bool,
         all_frozen: bool,
+        frozen_rows_read: bool = False,
     ) -> Tensor:
         ctx.save_for_backward(frozen_out, trainable_out, gate)
         ctx.all_trainable, ctx.all_frozen = all_trainable, all_frozen  # type: ignore[attr-defined]
+        ctx.frozen_rows_read = frozen_rows_read  # type: ignore[attr-defined]
         weight = gate.view(-1, 1, 1, 1).to(trainable_out.dtype)
         # lerp(f, t, w) is exactly f at w = 0 and exactly t at w = 1, in one kernel.
         return torch.lerp(frozen_out, trainable_out, weight)
@@ -51,7 +55,7 @@ class _GateMix(torch.autograd.Function):
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
         frozen_out, trainable_out, gate = ctx.saved_tensors  # type: ignore[attr-defined]
         all_trainable: bool = ctx.all_trainable  # type: ignore[attr-defined]
         all_frozen: bool = ctx.all_frozen  # type: ignore[attr-defined]
@@ -64,10 +68,49 @@ class _GateMix(torch.autograd.Function):
             grad_gate = grad_gate.to(gate.dtype)
         grad_frozen = grad_trainable = None
         if needs[0] and not all_trainable:
-            grad_frozen = grad if all_frozen else grad * (1 - weight)
+            unmasked = all_frozen or ctx.frozen_rows_read  # type: ignore[attr-defined]
+            grad_frozen = grad if unmasked else grad * (1 - weight)
         if needs[1] and not all_frozen:
             grad_trainable = grad if all_trainable else grad * weight
-        return grad_frozen, grad_trainable, grad_gate, None, None
+        return grad_frozen, grad_trainable, grad_gate, None, None, None
+
+
+def _rows(mask: Tensor, device: torch.device) -> Tensor:
+    """Indices of the True entries of a bool [B] (on the CPU), on `device`."""
+    return mask.nonzero().flatten().to(device, non_blocking=True)
+
+
+def _route(h: Tensor, chosen: Tensor, trainable: nn.Module, frozen: nn.Module) -> Tensor:
+    """Each slice through the twin it chose only; both twins per-slice functions (eval mode).
+    Channels-last feature maps (the fused inference copies') stay channels-last."""
+    rows_t, rows_f = _rows(chosen, h.device), _rows(~chosen, h.device)
+    layout = (torch.channels_last if h.ndim == 4 and not h.is_contiguous()
+              and h.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+
+    def part(twin: nn.Module, rows: Tensor) -> Tensor:
+        out: Tensor = twin(h.index_select(0, rows).contiguous(memory_format=layout))
+        return out
+
+    out_t = part(trainable, rows_t)
+    out_f = part(frozen, rows_f).to(out_t.dtype)
+    out = torch.empty((h.shape[0], *out_t.shape[1:]), dtype=out_t.dtype, device=out_t.device,
+                      memory_format=layout)
+    out.index_copy_(0, rows_t, out_t)
+    out.index_copy_(0, rows_f, out_f)
+    return out
+
+
+def _frozen_output(h: Tensor, chosen: Tensor, frozen: nn.Module) -> Tensor:
+    """The frozen twin (in eval mode) on every slice, with a backward pass only for the slices
+    that chose it: for the others its output feeds the policy's gradient and nothing else, so it
+    is computed without autograd (no activations kept, no backward through it)."""
+    rows_t, rows_f = _rows(chosen, h.device), _rows(~chosen, h.device)
+    with torch.no_grad():
+        rest = frozen(h.index_select(0, rows_t))
+    out = rest.new_empty((h.shape[0], *rest.shape[1:]))
+    out.index_copy_(0, rows_t, rest)
+    own: Tensor = frozen(h.index_select(0, rows_f))
+    return out.index_copy(0, rows_f, own.to(out.dtype))
 
 
 class SpotTUNet(nn.Module):
@@ -144,25 +187,47 @@ class SpotTUNet(nn.Module):
 
         def run(name: str, h: Tensor) -> Tensor:
             i = self._gate_index[name]
-            return self._gated(name, gates[:, i], h, all_trainable[i], all_frozen[i])
+            return self._gated(name, gates[:, i], h, hard[:, i], all_trainable[i], all_frozen[i])
 
         out = self.trainable.forward_units(x, run)
         return out, gates.expand(x.shape[0], -1)
 
     def _gated(
-        self, name: str, g: Tensor, h: Tensor, all_trainable: bool, all_frozen: bool
+        self, name: str, g: Tensor, h: Tensor, chosen: Tensor, all_trainable: bool,
+        all_frozen: bool,
     ) -> Tensor:
-        """g [B] or [1] in {0, 1}; h [B, C, H, W]; the flags: every sample chose that twin."""
+        """g [B] or [1] in {0, 1}; h [B, C, H, W]; chosen: g as bool on the CPU; the flags: every
+        sample chose that twin.
+
+        Each slice computes only what its gradient needs. A twin in eval mode is a per-slice
+        function, so slices can be split between twins without changing any result; a twin in
+        train mode normalises with statistics of the whole batch and must see every slice.
+        """
         trainable = self.trainable.get_submodule(name)
         frozen = self.frozen.get_submodule(name)
         if not (torch.is_grad_enabled() and g.requires_grad):
-            # No gradient to the policy: the branch nobody chose need not run at all.
+            # No gradient to the policy: the twin a slice did not choose need not run for it.
             if all_trainable:
                 return trainable(h)
             if all_frozen:
                 return frozen(h)
-        t_out, f_out = trainable(h), frozen(h)
-        out: Tensor = _GateMix.apply(f_out.to(t_out.dtype), t_out, g, all_trainable, all_frozen)
+            if not (trainable.training or frozen.training):
+                return _route(h, chosen, trainable, frozen)
+        # The policy's gradient needs both twins' outputs for every slice; the trainable twin
+        # runs on all of them (its batch statistics span the batch, as the gradient must).
+        t_out = trainable(h)
+        split = not (all_trainable or all_frozen or frozen.training)
+        if all_trainable:
+            # The frozen output gets no gradient: only the policy's gradient reads it.
+            with torch.no_grad():
+                f_out = frozen(h)
+        elif split:
+            f_out = _frozen_output(h, chosen, frozen)
+        else:
+            f_out = frozen(h)
+        out: Tensor = _GateMix.apply(
+            f_out.to(t_out.dtype), t_out, g, all_trainable, all_frozen, split
+        )
         return out
 
     @torch.no_grad()

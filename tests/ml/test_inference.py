@@ -9,7 +9,7 @@ from torch import nn
 
 from spottune.ml.config import ModelConfig, Preprocessing
 from spottune.ml.factory import build_model
-from spottune.ml.fused import fused_copy
+from spottune.ml.fused import fused_copy, fused_spottune_copy
 from spottune.ml.inference import (
     HEAD_MARGIN,
     LOCATE_STRIDE,
@@ -21,6 +21,8 @@ from spottune.ml.inference import (
     segment_volume,
 )
 from spottune.ml.metrics import dice
+from spottune.ml.network import UNet
+from spottune.ml.spottune import SpotTUNet
 from spottune.ml.volumes import Volume
 
 
@@ -192,3 +194,38 @@ def test_predict_slices_fused_and_plain_agree() -> None:
     plain = predict_slices(model, slices, 4, fuse=False)
     fused = predict_slices(model, slices, 4)
     assert np.abs(plain - fused).max() < 1e-5
+
+
+def _instance_spottune(seed: int) -> SpotTUNet:
+    """An instance-policy SpotTUNet whose twins differ and whose agent splits batches."""
+    base = _unet_with_statistics(seed)
+    assert isinstance(base, UNet)
+    model = SpotTUNet(base, "instance")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+        model.policy.head.weight.mul_(200)  # type: ignore[operator]
+        model.policy.head.bias.zero_()  # type: ignore[operator]
+    return model.eval()
+
+
+def test_instance_spottune_inference_copy_routes_and_agrees() -> None:
+    """A gated model's fused copy picks the same twin per slice and computes what it computes;
+    predict_slices leaves the model itself as it was (unfused, in its training mode)."""
+    model = _instance_spottune(3)
+    x = torch.rand(6, 1, 24, 32) * torch.arange(1, 7).view(6, 1, 1, 1) - 2
+    with torch.inference_mode():
+        expected, gates = model.forward_with_gates(x)
+        copy = fused_spottune_copy(model)
+        got, copy_gates = copy.forward_with_gates(x.contiguous(memory_format=torch.channels_last))
+    assert ((gates.sum(0) > 0) & (gates.sum(0) < 6)).any()  # slices took different twins
+    assert torch.equal(gates, copy_gates)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    model.train()
+    slices = x[:, 0].numpy()
+    fused = predict_slices(model, slices, 4)
+    plain = predict_slices(model, slices, 4, fuse=False)
+    assert np.abs(plain - fused).max() < 1e-4
+    assert model.training and not model.frozen.training  # modes kept ("source" frozen norm)
+    assert type(model.trainable.init.block0) is not type(copy.trainable.init.block0)

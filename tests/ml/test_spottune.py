@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spottune.contract import POLICY_KINDS, PolicyKind
 from spottune.ml.loop import nesterov_sgd, train_step
 from spottune.ml.network import UNet
-from spottune.ml.policy import GlobalPolicy
+from spottune.ml.policy import GlobalPolicy, sample_gates
 from spottune.ml.spottune import SpotTUNet, _GateMix
 
 
@@ -131,7 +132,7 @@ def test_gate_mix_has_the_gradients_of_the_plain_expression(gate: list[float]) -
     g = torch.tensor(gate, requires_grad=True)
     weight = torch.randn(3, 2, 4, 4)
     hard = g.detach().bool()
-    mixed = _GateMix.apply(f, t, g, bool(hard.all()), bool((~hard).all()))
+    mixed = _GateMix.apply(f, t, g, bool(hard.all()), bool((~hard).all()), False)
     (mixed * weight).sum().backward()
     got = [x.grad.clone() if x.grad is not None else torch.zeros_like(x) for x in (f, t, g)]
     for x in (f, t, g):
@@ -142,3 +143,86 @@ def test_gate_mix_has_the_gradients_of_the_plain_expression(gate: list[float]) -
     (reference * weight).sum().backward()
     for mine, expected in zip(got, (f.grad, t.grad, g.grad), strict=True):
         torch.testing.assert_close(mine, expected)
+
+
+def _plain_forward(model: SpotTUNet, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """The gated U-Net as the bare expression g * trainable(h) + (1 - g) * frozen(h), both twins
+    on every slice: what SpotTUNet computed before it split slices between the twins."""
+
+    def run(name: str, h: torch.Tensor) -> torch.Tensor:
+        g = gates[:, model.gate_names.index(name)].view(-1, 1, 1, 1)
+        trainable = model.trainable.get_submodule(name)(h)
+        return g * trainable + (1 - g) * model.frozen.get_submodule(name)(h)
+
+    return model.trainable.forward_units(x, run)
+
+
+def _perturbed(model: SpotTUNet, seed: int) -> SpotTUNet:
+    """The trainable twins moved away from the frozen ones, so that the two outputs differ."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("frozen_norm", ["source", "target"])
+def test_instance_training_gradients_equal_the_plain_expression(frozen_norm: str) -> None:
+    """Each slice back-propagates through the frozen twin only where it chose it, yet every
+    gradient (policy, trainable twins, input) is that of the plain expression over the batch."""
+    gated = SpotTUNet(tiny_base(), "instance", frozen_norm=frozen_norm)  # type: ignore[arg-type]
+    model = _perturbed(gated, 3)
+    model.train()
+    x = torch.rand(8, 1, 32, 32, requires_grad=True)
+    y = (torch.rand(8, 1, 32, 32) > 0.5).float()
+    params = [*model.trainable.parameters(), *model.policy.parameters(), x]
+
+    def gradients(forward: object) -> list[torch.Tensor]:
+        torch.manual_seed(7)  # the same Gumbel draws for both
+        logits, gates = forward()  # type: ignore[operator]
+        loss = F.binary_cross_entropy_with_logits(logits, y) + 0.01 * gates.mean()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        pairs = zip(grads, params, strict=True)
+        return [g if g is not None else torch.zeros_like(p) for g, p in pairs]
+
+    got = gradients(lambda: model.forward_with_gates(x))
+
+    def plain() -> tuple[torch.Tensor, torch.Tensor]:
+        gates = sample_gates(model.gate_logits(x), model.temperature, True)
+        return _plain_forward(model, x, gates), gates
+
+    expected = gradients(plain)
+    torch.manual_seed(7)
+    _, gates = model.forward_with_gates(x)
+    mixed = (gates.sum(0) > 0) & (gates.sum(0) < 8)
+    assert int(mixed.sum()) >= model.n_gates // 2  # most gates split the batch between twins
+    assert any(g.abs().sum() > 0 for g in got[-1:])  # the input's gradient is not trivially 0
+    for mine, reference in zip(got, expected, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_instance_inference_runs_each_slice_through_its_twin_only() -> None:
+    """In eval mode a slice runs only the twin its agent chose; the result is the plain
+    expression's, and each twin sees only the slices that chose it."""
+    model = _perturbed(SpotTUNet(tiny_base(), "instance"), 4).eval()
+    assert isinstance(model.policy.head, torch.nn.Linear)
+    with torch.no_grad():
+        model.policy.head.weight.mul_(200)
+        model.policy.head.bias.zero_()
+        x = torch.rand(6, 1, 32, 32) * torch.arange(1, 7).view(6, 1, 1, 1) - 2
+        logits, gates = model.forward_with_gates(x)
+        split = ((gates.sum(0) > 0) & (gates.sum(0) < 6)).nonzero().flatten().tolist()
+        assert split, "no gate split the batch; the check below would be empty"
+        torch.testing.assert_close(logits, _plain_forward(model, x, gates), rtol=1e-4, atol=1e-5)
+        name = model.gate_names[split[0]]
+        seen: dict[str, list[int]] = {"frozen": [], "trainable": []}
+        hooks = [
+            getattr(model, twin).get_submodule(name).register_forward_hook(
+                lambda _m, inputs, _o, twin=twin: seen[twin].append(inputs[0].shape[0]))
+            for twin in seen
+        ]
+        model(x)
+        for hook in hooks:
+            hook.remove()
+    trainable_rows = int(gates[:, split[0]].sum())
+    assert seen == {"frozen": [6 - trainable_rows], "trainable": [trainable_rows]}
