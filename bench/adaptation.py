@@ -147,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapt-learning-rate", type=float, help="[profile's; none: derived]")
     parser.add_argument("--policy-learning-rate", type=float, help="[profile's; none: derived]")
     parser.add_argument("--frozen-norm", choices=("source", "target"), help="[profile's]")
+    parser.add_argument("--lambda-reg", type=float,
+                        help="SpotTUnet's penalty on trainable-twin choices [profile's; none: the "
+                        "paper's value for the budget]")
+    parser.add_argument("--temperature", type=float,
+                        help="SpotTUnet's Gumbel-softmax temperature [profile's]")
     parser.add_argument("--global-bn-reestimate", action=argparse.BooleanOptionalAction,
                         default=None, help="spottune-global: re-estimate the chosen units' "
                         "BatchNorm statistics on the target images after fine-tuning [profile's]")
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.methods:
         overrides["methods"] = tuple(args.methods.split(","))
     for field in ("seeds_per_fold", "adapt_iterations", "adapt_learning_rate",
-                  "policy_learning_rate", "frozen_norm", "global_bn_reestimate"):
+                  "policy_learning_rate", "frozen_norm", "global_bn_reestimate", "lambda_reg",
+                  "temperature"):
         if getattr(args, field) is not None:
             overrides[field] = getattr(args, field)
     profile = dataclasses.replace(profile, **overrides)

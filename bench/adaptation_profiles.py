@@ -51,6 +51,8 @@ class Profile:
     methods: tuple[str, ...]
     frozen_norm: str = "source"
     global_bn_reestimate: bool = False  # spottune-global: see spottune.ml.train._export_finetuned
+    lambda_reg: float | None = None  # SpotTUnet's penalty; None: the paper's for the budget
+    temperature: float = 0.1  # SpotTUnet's Gumbel-softmax temperature (the reference code's)
 
 
 CPU_PAIRS = (

@@ -34,6 +34,8 @@ from spottune.ml.train import (
 )
 from spottune.ml.volumes import Volume, load_mask, load_volume
 
+TEMPERATURE: float = AdaptOptions.model_fields["temperature"].default
+
 log = logging.getLogger("bench.adaptation")
 PROTOCOL = "v2"
 CURVE_POINTS = 20  # training-loss points kept per run (means over equal windows)
@@ -143,6 +145,10 @@ def _method_settings(method: str, settings: dict[str, Any], profile: Profile) ->
                            learning_rate=profile.adapt_learning_rate,
                            policy_learning_rate=profile.policy_learning_rate)
     settings = {**settings, "policy_learning_rate": policy_learning_rate(options)}
+    if profile.lambda_reg is not None:
+        settings["lambda_reg"] = profile.lambda_reg
+    if profile.temperature != TEMPERATURE:
+        settings["temperature"] = profile.temperature
     if method == "spottune-global" and not profile.global_bn_reestimate:
         return {**settings, "global_bn_reestimate": False}
     return settings
@@ -292,7 +298,10 @@ class Runner:
             iterations=unit["adapt_iterations"], batch_size=self.profile.batch_size,
             learning_rate=unit["adapt_learning_rate"],
             policy_learning_rate=unit["policy_learning_rate"],
-            patch_size=self.profile.patch_size, seed=unit["seed"], **extra)
+            patch_size=self.profile.patch_size, seed=unit["seed"],
+            # absent from a key: the paper's lambda for the budget, the default temperature
+            lambda_reg=unit.get("lambda_reg"), temperature=unit.get("temperature", TEMPERATURE),
+            **extra)
         needs_unlabelled = options.adabn or options.policy == "global"
         unlabelled = ([self._prepared(s, labelled=False) for s in unit["unlabelled_ids"]]
                       if needs_unlabelled and method == "spottune" else [])
