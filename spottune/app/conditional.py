@@ -3,7 +3,9 @@ bodiless 304 when nothing changed.
 
 JSON answers (job status, lists, policies) get an ETag computed from their body; downloads carry
 the blob's sha256 as theirs (:mod:`spottune.app.api.downloads`), and ask
-:func:`not_modified` first so an unchanged large file is not even read from the database.
+:func:`not_modified` first so an unchanged large file is not even read from the database. Job
+status polls skip the middleware stack: :mod:`spottune.app.status_poll` answers their 304s with
+:func:`etag_matches`.
 """
 
 from __future__ import annotations

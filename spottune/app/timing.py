@@ -1,6 +1,7 @@
 """``Server-Timing: app;dur=<ms>`` on every answer: how long the application took from receiving
 the request to starting its answer, so that a client (and ``bench/load.py``) can tell the
-server's share of a latency from the network's and from queueing in front of the API."""
+server's share of a latency from the network's and from queueing in front of the API. Job status
+polls skip the middleware stack and get theirs from :mod:`spottune.app.status_poll`."""
 
 from __future__ import annotations
 

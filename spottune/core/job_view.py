@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Row
@@ -19,23 +20,30 @@ JOB_FIELDS = (
 
 def job_out(job: Job | Row[Any]) -> JobOut:
     """The job resource from an ORM row or a Core row with the columns of :data:`JOB_FIELDS`."""
+    return job_out_of([getattr(job, name) for name in JOB_FIELDS])
+
+
+def job_out_of(values: Sequence[Any]) -> JobOut:
+    """The job resource from the values of :data:`JOB_FIELDS`, in that order (a status poll
+    reads them as a plain tuple from the database driver)."""
+    (
+        id_, kind, status, params, progress_step, progress_total, loss, eta_seconds, attempts,
+        cancel_requested, error, result, created_at, started_at, finished_at, heartbeat_at,
+    ) = values
     return JobOut(
-        id=job.id,
-        kind=job.kind,
-        status=job.status,
-        params=job.params,
+        id=id_,
+        kind=kind,
+        status=status,
+        params=params,
         progress=ProgressOut(
-            step=job.progress_step,
-            total=job.progress_total,
-            loss=job.loss,
-            eta_seconds=job.eta_seconds,
+            step=progress_step, total=progress_total, loss=loss, eta_seconds=eta_seconds
         ),
-        attempts=job.attempts,
-        cancel_requested=job.cancel_requested,
-        error=job.error,
-        result=None if job.result is None else JobResult.model_validate(job.result),
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        heartbeat_at=job.heartbeat_at,
+        attempts=attempts,
+        cancel_requested=cancel_requested,
+        error=error,
+        result=None if result is None else JobResult.model_validate(result),
+        created_at=created_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        heartbeat_at=heartbeat_at,
     )

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, Dialect, Row, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from spottune.contract import ACTIVE_STATUSES, JobKind, JobStatus
@@ -35,6 +35,13 @@ def keys_with_job(conn: Connection, prefix: str, job_id: uuid.UUID) -> list[Row[
     Each row has ``key_hash`` and the job's fields of :data:`JOB_FIELDS` as attributes.
     """
     return list(conn.execute(_KEYS_WITH_JOB, {"prefix": prefix, "job_id": job_id}))
+
+
+def keys_with_job_sql(dialect: Dialect) -> str:
+    """The statement of :func:`keys_with_job` as ``dialect``'s driver takes it, with the
+    parameters ``prefix`` and ``job_id``: for reading through the driver's own cursor (see
+    :mod:`spottune.app.services.job_status`). Its rows are plain tuples in the same order."""
+    return str(_KEYS_WITH_JOB.compile(dialect=dialect))
 
 
 def get_for_update(session: Session, clinic_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:

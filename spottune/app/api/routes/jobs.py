@@ -54,6 +54,9 @@ register_presenter("jobs", _present)
 
 
 # First of the router: status polls are the most frequent request, and routes match in order.
+# Most polls never get here: spottune.app.status_poll answers them in front of the middleware
+# stack, as this route would. This route documents the poll and answers the rest (an id spelled
+# otherwise, a request with a body).
 @router.get(
     "/v1/jobs/{job_id}",
     response_model=JobOut,
