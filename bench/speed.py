@@ -93,9 +93,12 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{whole['repeats_per_scan']} runs (deepbet: {whole['deepbet']['status']})", "",
                   "| command | median s | min s | max s | runs |", "|---|---|---|---|---|"]
         lines += [f"| {tool} | {s['median_s']:.2f} | {s['min_s']:.2f} | {s['max_s']:.2f} | "
-                  f"{s['runs']} |" for tool, s in whole["summary"].items() if isinstance(s, dict)]
-        if "ratio_spottune_to_deepbet" in whole["summary"]:
-            lines += ["", f"spottune / deepbet: {whole['summary']['ratio_spottune_to_deepbet']}"]
+                  f"{s['runs']} |" for tool, s in whole["summary"].items()
+                  if isinstance(s, dict) and "median_s" in s]
+        ratios = whole["summary"].get("ratio_to_deepbet") or {
+            "spottune segment": whole["summary"].get("ratio_spottune_to_deepbet")}  # older files
+        lines += ["", "Median / deepbet's median: " + ", ".join(
+            f"{tool} {ratio}" for tool, ratio in ratios.items() if ratio is not None)]
     return "\n".join(lines)
 
 

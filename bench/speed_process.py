@@ -65,8 +65,8 @@ def bench_processes(
     data_dir: Path, checkpoint: Path, repeats: int, env_dir: Path, n_scans: int = 3,
     bf16: bool = True,
 ) -> dict[str, Any]:
-    """Whole-process times of `spottune segment` (with `--bf16`, where the CPU runs it natively)
-    and deepbet on `n_scans` 1 mm heads."""
+    """Whole-process times of `spottune segment` (FP32, its default, and with `--bf16` where the
+    CPU runs BF16 natively) and deepbet on `n_scans` 1 mm heads."""
     manifest = read_manifest(data_dir)
     heads = []
     for scan in manifest.scans_of(manifest.scans[0].site):  # the reference site: 1 mm heads
@@ -77,44 +77,48 @@ def bench_processes(
     script = Path(sys.executable).with_name("spottune")  # the console script a user runs
     spottune = ([str(script), "segment"] if script.is_file()
                 else [sys.executable, "-m", "spottune.cli.main", "segment"])
-    flags = ["--bf16"] if bf16 else []
+    ours_flags = {"spottune segment": [], **({"spottune segment --bf16": ["--bf16"]} if bf16
+                                              else {})}
     out = Path(tempfile.mkdtemp(prefix="spottune-speed-"))
     rows: list[dict[str, Any]] = []
-    times: dict[str, list[float]] = {"spottune segment": [], "deepbet": []}
-    masks: dict[str, dict[str, np.ndarray]] = {"spottune segment": {}, "deepbet": {}}
+    times: dict[str, list[float]] = {**{tool: [] for tool in ours_flags}, "deepbet": []}
     for scan in heads:
         image = manifest.image_path(scan)
-        ours = [*spottune, str(image), "--model", str(checkpoint), "--out-dir", str(out / "ours"),
-                *flags]
-        theirs = ([str(cli), "-i", str(image), "-o", str(out / "brain.nii.gz"),
-                   "-m", str(out / f"{scan.id}_deepbet.nii.gz"), "--no_gpu"] if cli else None)
-        _run(ours)  # warm the page cache and the deepbet environment once
-        if theirs:
-            _run(theirs)
-        for _ in range(repeats):
-            times["spottune segment"].append(_run(ours))
-            if theirs:
-                times["deepbet"].append(_run(theirs))
+        commands = {
+            tool: [*spottune, str(image), "--model", str(checkpoint), "--out-dir",
+                   str(out / f"ours{i}"), *flags]
+            for i, (tool, flags) in enumerate(ours_flags.items())
+        }
+        if cli:
+            commands["deepbet"] = [str(cli), "-i", str(image), "-o", str(out / "brain.nii.gz"),
+                                   "-m", str(out / f"{scan.id}_deepbet.nii.gz"), "--no_gpu"]
+        for command in commands.values():  # warm the page cache and each environment once
+            _run(command)
+        for _ in range(repeats):  # alternating, so every tool sees the same machine
+            for tool, command in commands.items():
+                times[tool].append(_run(command))
         volume = load_volume(image)
         reference = load_mask(manifest.mask_path(scan), volume).astype(np.uint8)
-        masks["spottune segment"][scan.id] = load_mask(out / "ours" / f"{scan.id}_mask.nii.gz",
-                                                       volume)
-        if theirs:
-            masks["deepbet"][scan.id] = load_mask(out / f"{scan.id}_deepbet.nii.gz", volume)
-        for tool, found in masks.items():
-            if scan.id in found:
-                rows.append({"tool": tool, "scan": scan.id, "shape": list(volume.shape),
-                             "dice_vs_reference": round(dice(found[scan.id], reference), 4)})
-    summary = {
+        found = {tool: load_mask(out / f"ours{i}" / f"{scan.id}_mask.nii.gz", volume)
+                 for i, tool in enumerate(ours_flags)}
+        if cli:
+            found["deepbet"] = load_mask(out / f"{scan.id}_deepbet.nii.gz", volume)
+        for tool, mask in found.items():
+            rows.append({"tool": tool, "scan": scan.id, "shape": list(volume.shape),
+                         "dice_vs_reference": round(dice(mask, reference), 4)})
+    summary: dict[str, Any] = {
         tool: {"median_s": round(statistics.median(t), 3), "min_s": round(min(t), 3),
                "max_s": round(max(t), 3), "runs": len(t)}
         for tool, t in times.items() if t
     }
-    if len(summary) == 2:
-        summary["ratio_spottune_to_deepbet"] = round(
-            summary["spottune segment"]["median_s"] / summary["deepbet"]["median_s"], 3)
+    if "deepbet" in summary:
+        summary["ratio_to_deepbet"] = {
+            tool: round(summary[tool]["median_s"] / summary["deepbet"]["median_s"], 3)
+            for tool in ours_flags
+        }
     result = {"scans": [s.id for s in heads], "repeats_per_scan": repeats,
-              "command": " ".join(["spottune segment IMAGE --model MODEL --out-dir DIR", *flags]),
+              "commands": {tool: " ".join(["spottune segment IMAGE --model MODEL --out-dir DIR",
+                                           *flags]) for tool, flags in ours_flags.items()},
               "deepbet": {"package": DEEPBET, "environment": str(env_dir), "status": how},
               "model": str(checkpoint), "summary": summary, "masks": rows}
     log.info("whole processes: %s", json.dumps(summary))
