@@ -215,10 +215,11 @@ class SpotTUNet(nn.Module):
                 return _route(h, chosen, trainable, frozen)
         # The policy's gradient needs both twins' outputs for every slice; the trainable twin
         # runs on all of them (its batch statistics span the batch, as the gradient must).
-        t_out = trainable(h)
+        # A twin no slice chose gets no gradient: its output feeds the policy's alone.
+        with torch.set_grad_enabled(not all_frozen):
+            t_out = trainable(h)
         split = not (all_trainable or all_frozen or frozen.training)
         if all_trainable:
-            # The frozen output gets no gradient: only the policy's gradient reads it.
             with torch.no_grad():
                 f_out = frozen(h)
         elif split:
