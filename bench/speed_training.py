@@ -22,7 +22,9 @@ from spottune.ml.network import UNet
 from spottune.ml.spottune import SpotTUNet
 
 log = logging.getLogger("bench.speed")
-TRAIN_METHODS = ("finetune-all", "spottune-instance", "spottune-global")
+TRAIN_METHODS = ("finetune-all", "spottune-instance", "spottune-instance:target", "spottune-global")
+"""Steps timed; `:target` - frozen twins normalise with batch statistics (frozen_norm "target"),
+so they must see the whole batch; otherwise "source" (SpotTUNet's own default)."""
 
 
 def make_step(
@@ -37,8 +39,10 @@ def make_step(
         optimizers = [nesterov_sgd([p for p in model.parameters() if p.requires_grad], 1e-3)]
         lambda_reg = 0.0
     else:
-        policy = method.split("-", 1)[1]
-        spot = SpotTUNet(base, policy, 0.1).to(device)  # type: ignore[arg-type]
+        name, _, frozen_norm = method.partition(":")
+        policy = name.split("-", 1)[1]
+        spot = SpotTUNet(base, policy, 0.1,  # type: ignore[arg-type]
+                         frozen_norm=frozen_norm or "source").to(device)  # type: ignore[arg-type]
         spot.train()
         optimizers = [
             nesterov_sgd(list(spot.trainable.parameters()), 1e-3),
@@ -92,7 +96,7 @@ def bench_training(device: torch.device, quick: bool) -> list[dict[str, Any]]:
         if device.type == "cpu" and not quick:
             runs.insert(0, ("finetune-all", "glibc default"))
         for method, allocator in runs:
-            if quick and size == 256 and method == "spottune-instance" and device.type == "cpu":
+            if quick and size == 256 and "instance" in method and device.type == "cpu":
                 continue
             big_cpu = size == 256 and device.type == "cpu"
             repeats = (1 if big_cpu else 3) if quick else (2 if big_cpu else 5)
