@@ -49,7 +49,7 @@ class Profile:
     validation_per_fold: int  # validation subjects scored per fold
     unlabelled_volumes: int | None  # target volumes AdaBN / BN re-estimation see (None: all)
     methods: tuple[str, ...]
-    frozen_norm: str = "source"
+    frozen_norm: str = "target"  # as spottune.ml.train.FROZEN_NORM, chosen on validation
     global_bn_reestimate: bool = False  # spottune-global: see spottune.ml.train._export_finetuned
     lambda_reg: float | None = None  # SpotTUnet's penalty; None: the paper's for the budget
     temperature: float = 0.1  # SpotTUnet's Gumbel-softmax temperature (the reference code's)
