@@ -3,12 +3,13 @@
 Each result file is one configuration of `bench/adaptation.py` (for example the profile's default
 and runs with `--policy-learning-rate 0.05 --name sweep-policy-lr-0.05`). For every configuration,
 method and budget this prints the mean surface Dice on the *validation* scans (the settings are
-chosen there) with a 95% hierarchical-bootstrap interval, the test-scan mean beside it (reported,
-never used to choose), how decided the policy ended (mean |2p - 1| of the per-gate probabilities:
-0 = every gate a coin flip, 1 = every gate certain) and the policy agreement across seeds and
-across sites. Writes bench/results/<name>.json and .md.
+chosen there) with a 95% hierarchical-bootstrap interval, its paired difference from a baseline
+configuration on the same validation scans (`--baseline`: per method, the first given that ran
+it), the test-scan mean beside it (reported, never used to choose), how decided the policy ended
+(mean |2p - 1| of the per-gate probabilities: 0 = every gate a coin flip, 1 = every gate certain)
+and the policy agreement across seeds and across sites. Writes bench/results/<name>.json and .md.
 
-    python bench/adaptation_choices.py --name choices-policy-lr-cpu \
+    python bench/adaptation_choices.py --name choices-policy-lr-cpu --baseline default \
         default=bench/results/adaptation-cpu.json \
         plr-0.05=bench/results/sweep-policy-lr-0.05.json
 """
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from adaptation_stats import bootstrap, cells, point, policy_agreement
+from adaptation_stats import bootstrap, cells, paired_difference, point, policy_agreement
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,9 +34,18 @@ def decidedness(runs: list[dict], method: str, budget: Any) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def compare(configs: dict[str, dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+def compare(configs: dict[str, dict[str, Any]], methods: Sequence[str],
+            baselines: Sequence[str] = ()) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     table = []
+
+    def baseline(method: str, budget: Any) -> tuple[str, Any] | None:
+        for label in baselines:
+            cell = cells(configs[label]["rows"], method, budget, "validation")
+            if cell:
+                return label, cell
+        return None
+
     for label, report in configs.items():
         rows, runs = report["rows"], report["runs"]
         budgets = report["settings"]["budgets"]
@@ -47,6 +58,10 @@ def compare(configs: dict[str, dict[str, Any]], methods: list[str]) -> list[dict
                 dist = bootstrap(cell, rng)
                 same = [r for r in runs if r["budget"] == budget]
                 agreement = policy_agreement(same, method)
+                base = baseline(method, budget)
+                versus = (None if base is None or base[0] == label
+                          else {"baseline": base[0], **(paired_difference(cell, base[1], rng)
+                                                          or {})})
                 table.append({
                     "config": label, "method": method, "budget": budget,
                     "validation_sdice": mean,
@@ -57,6 +72,7 @@ def compare(configs: dict[str, dict[str, Any]], methods: list[str]) -> list[dict
                     "decidedness": decidedness(runs, method, budget),
                     "agreement_same_site": agreement["same_site_across_seeds"],
                     "agreement_across_sites": agreement["across_sites"],
+                    "versus_baseline": versus,
                 })
     return table
 
@@ -68,9 +84,10 @@ def markdown(table: list[dict[str, Any]], title: str) -> str:
     lines = [f"# {title}", "",
              "Validation mean sDice (1 mm) [95% interval]; test mean beside it, not used to "
              "choose. Decided: mean |2p - 1| of the gate probabilities. Agreement: Spearman of "
-             "per-gate probabilities, same site across seeds / across sites.", "",
-             "| method | budget | config | validation sDice | test sDice | decided | "
-             "agreement same / across |", "|---|---|---|---|---|---|---|"]
+             "per-gate probabilities, same site across seeds / across sites. Versus baseline: "
+             "paired difference on the same validation scans [95% interval].", "",
+             "| method | budget | config | validation sDice | versus baseline | test sDice | "
+             "decided | agreement same / across |", "|---|---|---|---|---|---|---|---|"]
     best: dict[tuple[str, Any], float] = {}
     for r in table:
         key = (r["method"], r["budget"])
@@ -78,9 +95,14 @@ def markdown(table: list[dict[str, Any]], title: str) -> str:
     for r in sorted(table, key=lambda r: (r["method"], str(r["budget"]), r["config"])):
         mark = "**" if r["validation_sdice"] == best[(r["method"], r["budget"])] else ""
         low, high = r["validation_ci"]
+        versus = r.get("versus_baseline")
+        vs = ("(baseline)" if versus is None else
+              f"{versus['difference']:+.3f} [{versus['ci_low']:+.3f}, {versus['ci_high']:+.3f}]"
+              f" vs {versus['baseline']}" if "difference" in versus else "-")
         lines.append(
             f"| {r['method']} | {r['budget']} | {r['config']} | {mark}{f(r['validation_sdice'])}"
-            f"{mark} [{f(low)}, {f(high)}] | {f(r['test_sdice'])} | {f(r['decidedness'])} | "
+            f"{mark} [{f(low)}, {f(high)}] | {vs} | {f(r['test_sdice'])} | "
+            f"{f(r['decidedness'])} | "
             f"{f(r['agreement_same_site'])} / {f(r['agreement_across_sites'])} |")
     return "\n".join(lines) + "\n"
 
@@ -90,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("configs", nargs="+", help="LABEL=results.json")
     parser.add_argument("--methods", default="spottune,spottune-global")
     parser.add_argument("--name", default="choices-cpu")
+    parser.add_argument("--baseline", action="append", default=[],
+                        help="LABEL of the configuration others are compared with, paired (may "
+                        "repeat: per method, the first that ran it)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     configs = {}
@@ -98,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         if not path:
             parser.error(f"expected LABEL=PATH, got {item!r}")
         configs[label] = json.loads(Path(path).read_text())
-    table = compare(configs, args.methods.split(","))
+    unknown = set(args.baseline) - set(configs)
+    if unknown:
+        parser.error(f"--baseline {sorted(unknown)} is not among the configurations")
+    table = compare(configs, args.methods.split(","), args.baseline)
     sources = {label: {"file": item.partition("=")[2], "complete": configs[label]["complete"],
                        "settings": configs[label]["settings"]}
                for label, item in zip(configs, args.configs, strict=True)}

@@ -70,7 +70,7 @@ def difference(a: Cell, b: Cell) -> Cell:
             for pair in a if pair in b}
 
 
-def _paired(a: Cell, b: Cell, rng: np.random.Generator) -> dict[str, float] | None:
+def paired_difference(a: Cell, b: Cell, rng: np.random.Generator) -> dict[str, float] | None:
     """a - b paired per (pair, subject): mean, 95% bootstrap interval and two-sided p, or None
     when no subject has both."""
     diff = difference(a, b)
@@ -136,7 +136,8 @@ def summarise(rows: Sequence[dict], budgets: Sequence[Any], methods: Sequence[st
             best = best_fixed.get(str(budget))
             if best is None:
                 continue
-            paired = _paired(cells(rows, method, budget), cells(rows, best, budget), rng)
+            paired = paired_difference(cells(rows, method, budget), cells(rows, best, budget),
+                                       rng)
             if paired is None:
                 continue
             found.append({"method": method, "budget": budget, "best_fixed": best, **paired})
@@ -146,7 +147,7 @@ def summarise(rows: Sequence[dict], budgets: Sequence[Any], methods: Sequence[st
     global_vs_instance = []  # the issue's goal: the global policy within 0.02 of the instance one
     if "spottune" in methods and "spottune-global" in methods:
         for budget in budgets:
-            paired = _paired(cells(rows, "spottune-global", budget),
+            paired = paired_difference(cells(rows, "spottune-global", budget),
                              cells(rows, "spottune", budget), rng)
             if paired is not None:
                 paired.pop("p")
