@@ -5,9 +5,10 @@ and runs with `--policy-learning-rate 0.05 --name sweep-policy-lr-0.05`). For ev
 method and budget this prints the mean surface Dice on the *validation* scans (the settings are
 chosen there) with a 95% hierarchical-bootstrap interval, its paired difference from a baseline
 configuration on the same validation scans (`--baseline`: per method, the first given that ran
-it), the test-scan mean beside it (reported, never used to choose), how decided the policy ended
-(mean |2p - 1| of the per-gate probabilities: 0 = every gate a coin flip, 1 = every gate certain)
-and the policy agreement across seeds and across sites. Writes bench/results/<name>.json and .md.
+it; `--versus CONFIG=BASELINE` for one configuration), the test-scan mean beside it (reported,
+never used to choose), how decided the policy ended (mean |2p - 1| of the per-gate
+probabilities: 0 = every gate a coin flip, 1 = every gate certain) and the policy agreement
+across seeds and across sites. Writes bench/results/<name>.json and .md.
 
     python bench/adaptation_choices.py --name choices-policy-lr-cpu --baseline default \
         default=bench/results/adaptation-cpu.json \
@@ -35,15 +36,18 @@ def decidedness(runs: list[dict], method: str, budget: Any) -> float | None:
 
 
 def compare(configs: dict[str, dict[str, Any]], methods: Sequence[str],
-            baselines: Sequence[str] = ()) -> list[dict[str, Any]]:
+            baselines: Sequence[str] = (), versus: dict[str, str] | None = None,
+            ) -> list[dict[str, Any]]:
+    """`versus`: configuration -> its own baseline, ahead of `baselines`."""
     rng = np.random.default_rng(0)
     table = []
 
-    def baseline(method: str, budget: Any) -> tuple[str, Any] | None:
-        for label in baselines:
-            cell = cells(configs[label]["rows"], method, budget, "validation")
+    def baseline(label: str, method: str, budget: Any) -> tuple[str, Any] | None:
+        own = (versus or {}).get(label)
+        for candidate in ([own] if own else []) + list(baselines):
+            cell = cells(configs[candidate]["rows"], method, budget, "validation")
             if cell:
-                return label, cell
+                return candidate, cell
         return None
 
     for label, report in configs.items():
@@ -58,10 +62,10 @@ def compare(configs: dict[str, dict[str, Any]], methods: Sequence[str],
                 dist = bootstrap(cell, rng)
                 same = [r for r in runs if r["budget"] == budget]
                 agreement = policy_agreement(same, method)
-                base = baseline(method, budget)
-                versus = (None if base is None or base[0] == label
-                          else {"baseline": base[0], **(paired_difference(cell, base[1], rng)
-                                                          or {})})
+                base = baseline(label, method, budget)
+                against = (None if base is None or base[0] == label
+                           else {"baseline": base[0], **(paired_difference(cell, base[1], rng)
+                                                           or {})})
                 table.append({
                     "config": label, "method": method, "budget": budget,
                     "validation_sdice": mean,
@@ -72,7 +76,7 @@ def compare(configs: dict[str, dict[str, Any]], methods: Sequence[str],
                     "decidedness": decidedness(runs, method, budget),
                     "agreement_same_site": agreement["same_site_across_seeds"],
                     "agreement_across_sites": agreement["across_sites"],
-                    "versus_baseline": versus,
+                    "versus_baseline": against,
                 })
     return table
 
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="append", default=[],
                         help="LABEL of the configuration others are compared with, paired (may "
                         "repeat: per method, the first that ran it)")
+    parser.add_argument("--versus", action="append", default=[],
+                        help="CONFIG=BASELINE: compare CONFIG with BASELINE instead (may repeat)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     configs = {}
@@ -123,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         if not path:
             parser.error(f"expected LABEL=PATH, got {item!r}")
         configs[label] = json.loads(Path(path).read_text())
-    unknown = set(args.baseline) - set(configs)
+    versus = dict(item.partition("=")[::2] for item in args.versus)
+    unknown = {*args.baseline, *versus, *versus.values()} - set(configs)
     if unknown:
-        parser.error(f"--baseline {sorted(unknown)} is not among the configurations")
-    table = compare(configs, args.methods.split(","), args.baseline)
+        parser.error(f"{sorted(unknown)} are not among the configurations")
+    table = compare(configs, args.methods.split(","), args.baseline, versus)
     sources = {label: {"file": item.partition("=")[2], "complete": configs[label]["complete"],
                        "settings": configs[label]["settings"]}
                for label, item in zip(configs, args.configs, strict=True)}

@@ -71,10 +71,11 @@ POLICY_LR_ANCHORS = ((200, 0.05), (6000, 1e-2))
 FROZEN_NORM: FrozenNorm = "target"
 """How SpotTUnet's frozen twins normalise while adapting (see spottune.py): with batch statistics,
 as the reference code did, so their running statistics follow the target domain. On the
-validation scans (paired, 24 scans per budget) this beat source statistics by +0.029 [+0.005,
-+0.057] / +0.028 [-0.006, +0.065] sDice at 5 / 12 slices (instance policy) and +0.015 / +0.048
-(global policy) (bench/results/choices-cpu.md). The cost: frozen twins must then see the whole
-batch, so the instance step cannot skip their backward pass for slices that chose the other twin."""
+validation scans it beat source statistics by +0.029 [-0.005, +0.073] / +0.028 [-0.004, +0.071]
+sDice at 5 / 12 slices with the instance policy and +0.015 [-0.041, +0.056] / +0.048 [-0.001,
++0.117] with the global one (paired, bench/results/choices-cpu.md): higher at every budget, no
+interval clear of 0. The cost: frozen twins must then see the whole batch, so the instance step
+cannot skip their backward pass for slices that chose the other twin."""
 GLOBAL_BN_REESTIMATE = False
 """Global policy: re-estimate the chosen units' BatchNorm statistics on the whole target images
 after fine-tuning the exported configuration (see _export_finetuned). Off: on the validation scans
