@@ -295,9 +295,10 @@ def _adapt_spottune(
     lambda_reg = (options.lambda_reg if options.lambda_reg is not None
                   else default_lambda(sampler.n_annotated_slices))
     if options.adabn:
-        # Once, before the twins are made: both start from target-domain statistics. The frozen
-        # twins then keep them (eval mode); re-estimating only the trainable twins would be a
-        # no-op, since training in train mode overwrites their running statistics within ~50 steps.
+        # Once, before the twins are made: both start from target-domain statistics. Frozen twins
+        # on source statistics (frozen_norm "source") then keep them; twins in train mode (the
+        # trainable ones, and the frozen ones with "target") overwrite them within ~50 steps, so
+        # re-estimating those alone would be a no-op.
         base = copy.deepcopy(base).to(device)
         reestimate_batchnorm(base, [*unlabelled, *train], multiple=multiple, device=device)
     stride = agent_stride_for(patch) if options.policy == "instance" else None
