@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from spottune.ml.config import GatingConfig, ModelConfig
 from spottune.ml.network import UNet
 from spottune.ml.preparation import PreparedVolume
-from spottune.ml.spottune import SpotTUNet
+from spottune.ml.spottune import FrozenNorm, SpotTUNet
 from spottune.ml.train import (
     AdaptOptions,
     AdaptResult,
@@ -128,22 +128,30 @@ def test_adabn_reestimates_statistics_only(
     assert result.model.get_submodule("init.block0.unit1.norm").momentum == 0.1
 
 
+@pytest.mark.parametrize("frozen_norm", ["source", "target"])
 def test_spottune_adabn_gives_frozen_twins_target_statistics_once(
-    source: AdaptResult, target_volumes: list[PreparedVolume]
+    source: AdaptResult, target_volumes: list[PreparedVolume], frozen_norm: FrozenNorm
 ) -> None:
+    """AdaBN re-estimates the statistics once, before the twins are made. Frozen twins keep the
+    source's weights either way; on source statistics ("source") they keep the re-estimated
+    statistics untouched by training, on batch statistics ("target", the default) training moves
+    those statistics on."""
     adabn_only = adapt(net(source), source.config, target_volumes, "none",
                        AdaptOptions(adabn=True, **FAST)).model.state_dict()
     options = AdaptOptions(iterations=3, adabn=True, **FAST)
-    result = adapt(net(source), source.config, target_volumes, "spottune", options)
+    result = adapt(net(source), source.config, target_volumes, "spottune", options,
+                   frozen_norm=frozen_norm)
     assert isinstance(result.model, SpotTUNet)
     frozen = result.model.frozen.state_dict()
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
     for key, value in source.model.state_dict().items():
-        # weights stay the source's; statistics are the re-estimated ones, untouched by training
-        assert torch.equal(frozen[key], adabn_only[key]), key
-        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
-            assert torch.equal(frozen[key], value), key
+        if not key.endswith(statistics):
+            assert torch.equal(frozen[key], value), key  # weights stay the source's
+        elif frozen_norm == "source":
+            assert torch.equal(frozen[key], adabn_only[key]), key
     key = "init.block0.unit1.norm.running_mean"
     assert not torch.equal(frozen[key], source.model.state_dict()[key])
+    assert torch.equal(frozen[key], adabn_only[key]) == (frozen_norm == "source")
 
 
 @pytest.mark.parametrize("method", ["finetune-all", "spottune"])
@@ -189,21 +197,31 @@ def test_patch_size_must_fit_the_model(source: AdaptResult,
               AdaptOptions(patch_size=30, iterations=1))
 
 
+@pytest.mark.parametrize("frozen_norm", ["source", "target"])
 def test_global_export_changes_only_the_chosen_units(
-    source: AdaptResult, target_volumes: list[PreparedVolume]
+    source: AdaptResult, target_volumes: list[PreparedVolume], frozen_norm: FrozenNorm
 ) -> None:
+    """Units kept frozen keep the source's weights bit for bit, and its statistics too on source
+    statistics; on batch statistics (the default) their statistics follow the target domain."""
     options = AdaptOptions(iterations=6, policy="global", lambda_reg=0.0, **FAST)
-    result = adapt(net(source), source.config, target_volumes, "spottune", options)
+    result = adapt(net(source), source.config, target_volumes, "spottune", options,
+                   frozen_norm=frozen_norm)
     assert isinstance(result.model, UNet) and result.config.gating is None
     assert result.policy is not None
     chosen = {name for name, share in zip(result.policy.gate_names, result.policy.frequency,
                                           strict=True) if share > 0.5}
     assert chosen, "with lambda 0 on an inverted domain some twin should be fine-tuned"
     before, after = source.model.state_dict(), result.model.state_dict()
+    frozen_stats_moved = []
     for key, value in before.items():
         unit = next(name for name in result.policy.gate_names if key.startswith(name + "."))
-        if unit not in chosen:  # kept frozen: the source's weights and statistics, bit for bit
+        if unit in chosen:
+            continue
+        if key.endswith("running_mean"):
+            frozen_stats_moved.append(not torch.equal(after[key], value))
+        elif not key.endswith(("running_var", "num_batches_tracked")) or frozen_norm == "source":
             assert torch.equal(after[key], value), key
+    assert frozen_stats_moved and (any(frozen_stats_moved) == (frozen_norm == "target"))
     stats = [key for key in after if key.endswith("running_mean")
              and any(key.startswith(name + ".") for name in chosen)]
     assert stats and all(not torch.equal(after[key], before[key]) for key in stats)
