@@ -30,9 +30,7 @@ class _GateMix(torch.autograd.Function):
 
     Gradients equal those of that expression (and of torch.lerp), but a twin no sample chose gets
     None instead of a zero tensor, so autograd skips its whole backward pass: with the global
-    policy the unchosen twins cost a forward pass only. With `frozen_rows_read` the frozen output's
-    gradient is handed on unmasked: whoever made that output reads only the rows of the slices
-    that chose the frozen twin (see _frozen_output), where the mask is 1 anyway.
+    policy the unchosen twins cost a forward pass only.
     """
 
     @staticmethod
@@ -43,11 +41,9 @@ class _GateMix(torch.autograd.Function):
         gate: Tensor,
         all_trainable: bool,
         all_frozen: bool,
-        frozen_rows_read: bool = False,
     ) -> Tensor:
         ctx.save_for_backward(frozen_out, trainable_out, gate)
         ctx.all_trainable, ctx.all_frozen = all_trainable, all_frozen  # type: ignore[attr-defined]
-        ctx.frozen_rows_read = frozen_rows_read  # type: ignore[attr-defined]
         weight = gate.view(-1, 1, 1, 1).to(trainable_out.dtype)
         # lerp(f, t, w) is exactly f at w = 0 and exactly t at w = 1, in one kernel.
         return torch.lerp(frozen_out, trainable_out, weight)
@@ -55,7 +51,7 @@ class _GateMix(torch.autograd.Function):
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         frozen_out, trainable_out, gate = ctx.saved_tensors  # type: ignore[attr-defined]
         all_trainable: bool = ctx.all_trainable  # type: ignore[attr-defined]
         all_frozen: bool = ctx.all_frozen  # type: ignore[attr-defined]
@@ -68,11 +64,10 @@ class _GateMix(torch.autograd.Function):
             grad_gate = grad_gate.to(gate.dtype)
         grad_frozen = grad_trainable = None
         if needs[0] and not all_trainable:
-            unmasked = all_frozen or ctx.frozen_rows_read  # type: ignore[attr-defined]
-            grad_frozen = grad if unmasked else grad * (1 - weight)
+            grad_frozen = grad if all_frozen else grad * (1 - weight)
         if needs[1] and not all_frozen:
             grad_trainable = grad if all_trainable else grad * weight
-        return grad_frozen, grad_trainable, grad_gate, None, None, None
+        return grad_frozen, grad_trainable, grad_gate, None, None
 
 
 def _rows(mask: Tensor, device: torch.device) -> Tensor:
@@ -98,19 +93,6 @@ def _route(h: Tensor, chosen: Tensor, trainable: nn.Module, frozen: nn.Module) -
     out.index_copy_(0, rows_t, out_t)
     out.index_copy_(0, rows_f, out_f)
     return out
-
-
-def _frozen_output(h: Tensor, chosen: Tensor, frozen: nn.Module) -> Tensor:
-    """The frozen twin (in eval mode) on every slice, with a backward pass only for the slices
-    that chose it: for the others its output feeds the policy's gradient and nothing else, so it
-    is computed without autograd (no activations kept, no backward through it)."""
-    rows_t, rows_f = _rows(chosen, h.device), _rows(~chosen, h.device)
-    with torch.no_grad():
-        rest = frozen(h.index_select(0, rows_t))
-    out = rest.new_empty((h.shape[0], *rest.shape[1:]))
-    out.index_copy_(0, rows_t, rest)
-    own: Tensor = frozen(h.index_select(0, rows_f))
-    return out.index_copy(0, rows_f, own.to(out.dtype))
 
 
 class SpotTUNet(nn.Module):
@@ -213,22 +195,13 @@ class SpotTUNet(nn.Module):
                 return frozen(h)
             if not (trainable.training or frozen.training):
                 return _route(h, chosen, trainable, frozen)
-        # The policy's gradient needs both twins' outputs for every slice; the trainable twin
-        # runs on all of them (its batch statistics span the batch, as the gradient must).
-        # A twin no slice chose gets no gradient: its output feeds the policy's alone.
+        # The policy's gradient needs both twins' outputs for every slice. A twin no slice chose
+        # gets no gradient: its output feeds the policy's alone, so it runs without autograd.
         with torch.set_grad_enabled(not all_frozen):
             t_out = trainable(h)
-        split = not (all_trainable or all_frozen or frozen.training)
-        if all_trainable:
-            with torch.no_grad():
-                f_out = frozen(h)
-        elif split:
-            f_out = _frozen_output(h, chosen, frozen)
-        else:
+        with torch.set_grad_enabled(not all_trainable):
             f_out = frozen(h)
-        out: Tensor = _GateMix.apply(
-            f_out.to(t_out.dtype), t_out, g, all_trainable, all_frozen, split
-        )
+        out: Tensor = _GateMix.apply(f_out.to(t_out.dtype), t_out, g, all_trainable, all_frozen)
         return out
 
     @torch.no_grad()

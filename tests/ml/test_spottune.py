@@ -132,7 +132,7 @@ def test_gate_mix_has_the_gradients_of_the_plain_expression(gate: list[float]) -
     g = torch.tensor(gate, requires_grad=True)
     weight = torch.randn(3, 2, 4, 4)
     hard = g.detach().bool()
-    mixed = _GateMix.apply(f, t, g, bool(hard.all()), bool((~hard).all()), False)
+    mixed = _GateMix.apply(f, t, g, bool(hard.all()), bool((~hard).all()))
     (mixed * weight).sum().backward()
     got = [x.grad.clone() if x.grad is not None else torch.zeros_like(x) for x in (f, t, g)]
     for x in (f, t, g):
