@@ -31,12 +31,13 @@ import uuid
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from spottune.app.conditional import etag_matches
 from spottune.app.ratelimit import RateLimiter, client_key
 from spottune.app.security import presented_key
 from spottune.app.services.job_status import StatusReader
+from spottune.app.timing import server_timing, timed
 
 PATH_PREFIX = "/v1/jobs/"
 _PATH_LENGTH = len(PATH_PREFIX) + 36  # a canonical UUID: 8-4-4-4-12 hex digits
@@ -45,10 +46,6 @@ _BODY_HEADERS = (b"content-length", b"transfer-encoding")
 
 Poll = tuple[uuid.UUID, bytes | None, bytes | None]
 """A poll this answers: the job id, and the Authorization and If-None-Match headers."""
-
-
-def _timing(start: float) -> tuple[bytes, bytes]:
-    return (b"server-timing", b"app;dur=%.2f" % ((time.perf_counter() - start) * 1000))
 
 
 class StatusPoll:
@@ -98,7 +95,7 @@ class StatusPoll:
             if self.limiter is not None:
                 refusal = self.limiter.refusal(client_key(authorization, scope.get("client")))
                 if refusal is not None:
-                    await refusal(scope, receive, _timed(send, start))
+                    await refusal(scope, receive, timed(send, start))
                     return
             scheme, _, credentials = (
                 authorization.decode("latin-1") if authorization else ""
@@ -112,14 +109,14 @@ class StatusPoll:
             await send({
                 "type": "http.response.start",
                 "status": 304,
-                "headers": [found.headers[0], _timing(start)],  # the ETag alone
+                "headers": [found.headers[0], server_timing(start)],  # the ETag alone
             })
             await send({"type": "http.response.body", "body": b""})
             return
         await send({
             "type": "http.response.start",
             "status": 200,
-            "headers": [*found.headers, _timing(start)],
+            "headers": [*found.headers, server_timing(start)],
         })
         await send({"type": "http.response.body", "body": found.body})
 
@@ -141,13 +138,5 @@ class StatusPoll:
         if cls is Exception:  # Starlette's ServerErrorMiddleware, outside the timing middleware
             await response(scope, receive, send)
             raise exc
-        await response(scope, receive, _timed(send, start))
+        await response(scope, receive, timed(send, start))
 
-
-def _timed(send: Send, start: float) -> Send:
-    async def timed_send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), _timing(start)]}
-        await send(message)
-
-    return timed_send

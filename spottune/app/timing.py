@@ -10,6 +10,23 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+def server_timing(start: float) -> tuple[bytes, bytes]:
+    """The ``Server-Timing`` header of an answer whose request arrived at ``start``
+    (``time.perf_counter()``)."""
+    return (b"server-timing", b"app;dur=%.2f" % ((time.perf_counter() - start) * 1000))
+
+
+def timed(send: Send, start: float) -> Send:
+    """``send`` with :func:`server_timing` added to the answer's start."""
+
+    async def timed_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), server_timing(start)]}
+        await send(message)
+
+    return timed_send
+
+
 class ServerTimingMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -18,13 +35,4 @@ class ServerTimingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
-
-        async def timed_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                ms = (time.perf_counter() - start) * 1000
-                headers = [*message.get("headers", []), (b"server-timing", b"app;dur=%.2f" % ms)]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, timed_send)
+        await self.app(scope, receive, timed(send, time.perf_counter()))
