@@ -105,10 +105,10 @@ def fused_spottune_copy(
     instance policy a gated net costs about one fused U-Net plus its agent. The policy stays FP32.
     Feed it channels-last inputs of `dtype`.
     """
-    gated = copy.copy(model)  # the module's own attributes; its children are replaced below
-    gated._modules = dict(model._modules)
-    gated.trainable = fused_copy(model.trainable, dtype=dtype, device=device)
-    gated.frozen = fused_copy(model.frozen, dtype=dtype, device=device)
-    policy = copy.deepcopy(model.policy).eval().requires_grad_(False).float()
+    # deepcopy's memo: the twins are copied as their fused copies, not copied and then replaced
+    fused = {id(twin): fused_copy(twin, dtype=dtype, device=device)
+             for twin in (model.trainable, model.frozen)}
+    gated = copy.deepcopy(model, fused).eval().requires_grad_(False)
+    policy = gated.policy.float()
     gated.policy = _Float32Agent(policy.to(device) if device is not None else policy)
-    return gated.eval()
+    return gated
