@@ -148,7 +148,7 @@ def summarise(rows: Sequence[dict], budgets: Sequence[Any], methods: Sequence[st
     if "spottune" in methods and "spottune-global" in methods:
         for budget in budgets:
             paired = paired_difference(cells(rows, "spottune-global", budget),
-                             cells(rows, "spottune", budget), rng)
+                                       cells(rows, "spottune", budget), rng)
             if paired is not None:
                 paired.pop("p")
                 global_vs_instance.append({"budget": budget, **paired})

@@ -92,13 +92,12 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"Whole process, {len(whole['scans'])} 1 mm heads x "
                   f"{whole['repeats_per_scan']} runs (deepbet: {whole['deepbet']['status']})", "",
                   "| command | median s | min s | max s | runs |", "|---|---|---|---|---|"]
+        times = {k: v for k, v in whole["summary"].items() if k != "ratio_to_deepbet"}
         lines += [f"| {tool} | {s['median_s']:.2f} | {s['min_s']:.2f} | {s['max_s']:.2f} | "
-                  f"{s['runs']} |" for tool, s in whole["summary"].items()
-                  if isinstance(s, dict) and "median_s" in s]
-        ratios = whole["summary"].get("ratio_to_deepbet") or {
-            "spottune segment": whole["summary"].get("ratio_spottune_to_deepbet")}  # older files
-        lines += ["", "Median / deepbet's median: " + ", ".join(
-            f"{tool} {ratio}" for tool, ratio in ratios.items() if ratio is not None)]
+                  f"{s['runs']} |" for tool, s in times.items()]
+        if "ratio_to_deepbet" in whole["summary"]:
+            lines += ["", "Median / deepbet's median: " + ", ".join(
+                f"{tool} {ratio}" for tool, ratio in whole["summary"]["ratio_to_deepbet"].items())]
     return "\n".join(lines)
 
 
