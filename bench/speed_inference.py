@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from spottune.ml.config import ModelConfig, Preprocessing
 from spottune.ml.inference import keep_largest_component, segment_volume
 from spottune.ml.metrics import dice
 from spottune.ml.network import UNet
+from spottune.ml.openvino_engine import OpenVinoUNet
 from spottune.ml.preparation import PreparedVolume, prepare_volume, restore_to_grid
 from spottune.ml.synthetic import make_phantom
 from spottune.ml.train import adapt, train_source
@@ -165,21 +167,33 @@ def bench_inference(
     for name, model in models.items():
         add("after: segment_volume default", name, default(model), repeats, None)
     # the previous default path: autocast BF16 where native, no fused blocks, no locating pass
-    previous = {"fuse": False, "locate": False}
+    previous = {"fuse": False, "locate": False, "engine": "torch"}
     add("previous default (unfused, no locating pass)", "base", default(base, **previous),
         repeats, None)
     add("after, no locating pass", "base", default(base, locate=False), repeats, None)
-    add("after, unfused", "base", default(base, fuse=False), repeats, None)
+    if device.type == "cpu":  # the default engine on a CPU is OpenVINO for plain U-Nets
+        for name in ("base", "spottune-global-exported"):
+            add("after, torch engine", name, default(models[name], engine="torch"), repeats,
+                None)
+    add("after, torch engine, unfused", "base", default(base, fuse=False, engine="torch"),
+        repeats, None)
     if device.type == "cpu":
         add("after, bf16 off", "base", default(base, bf16=False), repeats, None)
+        add("after, torch engine, bf16 off", "base", default(base, bf16=False, engine="torch"),
+            repeats, None)
         add("previous, bf16 off", "base", default(base, bf16=False, **previous), repeats, None)
         if not quick:
             add("after, no crop", "base", default(base, crop=False), repeats, None)
         for threads in (1, 2) if not quick else (1,):
             add("after", "base", default(base), repeats, threads)
+            add("after, torch engine", "base", default(base, engine="torch"), repeats, threads)
         if not quick:
+            for batch in (1, 4, 8):  # the OpenVINO engine's own batch (OpenVinoUNet.batch_size)
+                with openvino_batch(batch):
+                    add(f"after, OpenVINO batch {batch}", "base", default(base), 2, None)
             for batch in (1, 4, 16, 32):
-                add(f"after, batch {batch}", "base", default(base, batch_size=batch), 2, None)
+                add(f"after, torch engine, batch {batch}", "base",
+                    default(base, batch_size=batch, engine="torch"), 2, None)
             rows.append(compiled_row(base, volume, prep, device))
     before = rows[0]["median_s"]
     base_after = next(r for r in rows if r["model"] == "base" and r["variant"].startswith("after:"))
@@ -206,13 +220,24 @@ def bench_inference(
     }
 
 
+@contextlib.contextmanager
+def openvino_batch(batch: int) -> Iterator[None]:
+    before = OpenVinoUNet.batch_size
+    OpenVinoUNet.batch_size = batch
+    try:
+        yield
+    finally:
+        OpenVinoUNet.batch_size = before
+
+
 def mask_agreement(
     model: nn.Module, data_dir: Path, prep: Preprocessing, device: torch.device, quick: bool
 ) -> dict[str, Any]:
     """Dice between the default path's masks and the previous paths' masks, per scan.
 
     Previous paths: FP32 (what `spottune segment` did by default) and autocast BF16 where native
-    (what the service did), both unfused and without the locating pass.
+    (what the service did), both unfused and without the locating pass, in torch. Today's FP32 and
+    BF16 paths in both engines are compared with the previous FP32 path.
     """
     if not (data_dir / "manifest.json").is_file():
         return {}
@@ -223,15 +248,20 @@ def mask_agreement(
         volume = load_volume(manifest.image_path(scan))
         now = segment_volume(model, volume, prep, device=device)
         now_fp32 = segment_volume(model, volume, prep, device=device, bf16=False)
+        torch_fp32 = segment_volume(model, volume, prep, device=device, bf16=False,
+                                    engine="torch")
+        torch_auto = segment_volume(model, volume, prep, device=device, engine="torch")
         before_fp32 = segment_volume(model, volume, prep, device=device, bf16=False,
-                                     fuse=False, locate=False)
+                                     fuse=False, locate=False, engine="torch")
         before_auto = segment_volume(model, volume, prep, device=device, fuse=False,
-                                     locate=False)
+                                     locate=False, engine="torch")
         rows.append({
             "scan": scan.id,
             "default_vs_previous_fp32": round(dice(now, before_fp32), 5),
             "default_vs_previous_default": round(dice(now, before_auto), 5),
             "fp32_vs_previous_fp32": round(dice(now_fp32, before_fp32), 5),
+            "torch_fp32_vs_previous_fp32": round(dice(torch_fp32, before_fp32), 5),
+            "torch_default_vs_previous_fp32": round(dice(torch_auto, before_fp32), 5),
         })
         log.info("agreement %s", rows[-1])
     keys = [k for k in rows[0] if k != "scan"] if rows else []

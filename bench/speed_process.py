@@ -66,7 +66,8 @@ def bench_processes(
     bf16: bool = True,
 ) -> dict[str, Any]:
     """Whole-process times of `spottune segment` (FP32, its default, and with `--bf16` where the
-    CPU runs BF16 natively) and deepbet on `n_scans` 1 mm heads."""
+    CPU runs BF16 natively; each in the default engine and in torch, the same-run baseline of
+    the OpenVINO engine) and deepbet on `n_scans` 1 mm heads."""
     manifest = read_manifest(data_dir)
     heads = []
     for scan in manifest.scans_of(manifest.scans[0].site):  # the reference site: 1 mm heads
@@ -77,8 +78,10 @@ def bench_processes(
     script = Path(sys.executable).with_name("spottune")  # the console script a user runs
     spottune = ([str(script), "segment"] if script.is_file()
                 else [sys.executable, "-m", "spottune.cli.main", "segment"])
-    ours_flags = {"spottune segment": [], **({"spottune segment --bf16": ["--bf16"]} if bf16
-                                              else {})}
+    ours_flags = {"spottune segment": [], "spottune segment --engine torch": ["--engine", "torch"]}
+    if bf16:
+        ours_flags |= {"spottune segment --bf16": ["--bf16"],
+                       "spottune segment --bf16 --engine torch": ["--bf16", "--engine", "torch"]}
     out = Path(tempfile.mkdtemp(prefix="spottune-speed-"))
     rows: list[dict[str, Any]] = []
     times: dict[str, list[float]] = {**{tool: [] for tool in ours_flags}, "deepbet": []}

@@ -26,7 +26,7 @@ from spottune.cli.contract_options import parse_options, with_options
 from spottune.cli.dicom_io import OutFormat, read_input, write_output
 from spottune.contract import SegmentationOptions
 from spottune.ml.checkpoint import load_model
-from spottune.ml.inference import segment_volume
+from spottune.ml.inference import Engine, check_engine, segment_volume
 from spottune.ml.volumes import load_mask, load_volume
 
 
@@ -51,6 +51,11 @@ def segment(
                           "runs it natively; masks agree with FP32 to Dice 0.996-0.9998 "
                           "(bench/speed.py), FP32 masks are exact."),
     ] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(help="auto: OpenVINO for a plain U-Net on the CPU (faster; the same masks "
+                          "in FP32), torch otherwise; torch; openvino (plain U-Nets only)."),
+    ] = "auto",
     device: Device = None,
     **flags: Any,
 ) -> None:
@@ -62,6 +67,7 @@ def segment(
         options = parse_options(SegmentationOptions, flags)
         torch_device = pick_device(device)
         net, config = load_model(model, device=torch_device)
+        check_engine(net, torch_device, engine)  # refused before any file is written
         out_dir.mkdir(parents=True, exist_ok=True)
         with progress_bar() as bar:
             for path in images:
@@ -75,6 +81,7 @@ def segment(
                     device=torch_device,
                     largest_component=options.largest_component,
                     bf16=bf16,
+                    engine=engine,
                     progress=partial(advance, bar, task),
                 )
                 target = write_output(result, volume, series, out_format, out_dir, stem(path))

@@ -11,7 +11,10 @@ Speed on CPU comes from computing the network only where the brain can be, and c
 * slices are batched, tensors channels-last, inference mode; with BF16 (CPUs with AVX-512 BF16 or
   AMX, GPUs) the plain U-Net runs as a BF16 copy of itself, which moves half the bytes of FP32
   and of autocast (whose norms and residual sums stay FP32); in either precision its residual
-  blocks run fused (fused.py).
+  blocks run fused (fused.py);
+* on a CPU a plain U-Net runs as an OpenVINO-compiled graph of itself (openvino_engine.py; engine
+  "auto"), which measured faster than torch here in both precisions; an instance-policy
+  SpotTUNet, or engine "torch", runs in torch.
 
 Probabilities are put back on the input's voxel grid before thresholding so the mask is as smooth
 as the in-plane resampling allows. bench/speed.py measures each lever and the masks' agreement.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,6 +36,7 @@ from spottune.contract import SegmentationOptions
 from spottune.ml.config import Preprocessing
 from spottune.ml.fused import fused_copy, fused_spottune_copy
 from spottune.ml.network import UNet
+from spottune.ml.openvino_engine import OpenVinoUNet, openvino_available
 from spottune.ml.preparation import prepare_volume, restore_to_grid
 from spottune.ml.spottune import SpotTUNet
 from spottune.ml.volumes import Volume
@@ -39,6 +44,8 @@ from spottune.ml.volumes import Volume
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+Engine = Literal["auto", "torch", "openvino"]
+ENGINES: tuple[Engine, ...] = ("auto", "torch", "openvino")
 
 DEFAULT_BATCH = SegmentationOptions().batch_size  # 8, the contract's default
 """Slices per forward pass. On a 2-core AVX-512/AMX CPU, 256x256-class slices at batch 8 ran
@@ -126,9 +133,53 @@ def _inference_copy(model: nn.Module, bf16: bool, device: torch.device) -> nn.Mo
     return None
 
 
+def check_engine(model: nn.Module, device: torch.device, engine: Engine) -> bool:
+    """Whether `engine` runs `model` in OpenVINO: "openvino" (a plain U-Net on the CPU, else
+    ValueError), "auto" (where it can), "torch" (never). ValueError for an unknown engine."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        return False
+    runnable = type(model) is UNet and device.type == "cpu"
+    if engine == "openvino" and not runnable:
+        raise ValueError("the OpenVINO engine runs plain U-Nets on the CPU (pretrained models, "
+                         "fine-tuned ones, exported global policies); this is a "
+                         f"{type(model).__name__} on {device.type}: use engine torch or auto")
+    if not openvino_available():
+        if engine == "openvino":
+            raise ValueError("the OpenVINO engine is not installed (pip install openvino)")
+        return False
+    return runnable
+
+
+def openvino_copy(model: nn.Module, bf16: bool, device: torch.device,
+                  engine: Engine) -> OpenVinoUNet | None:
+    """The OpenVINO engine for `model` where `engine` asks for it (check_engine), else None."""
+    if not check_engine(model, device, engine):
+        return None
+    assert isinstance(model, UNet)
+    return OpenVinoUNet(model, bf16=bf16)
+
+
+def _predict_openvino(net: OpenVinoUNet, slices: np.ndarray,
+                      progress: Progress | None) -> np.ndarray:
+    multiple = 2**net.depth
+    n, height, width = slices.shape
+    pad = ((0, 0), (0, -height % multiple), (0, -width % multiple))
+    out = np.empty(slices.shape, dtype=np.float32)
+    batch_size = net.batch_size  # the engine's own (the contract's batch_size is torch's)
+    for start in range(0, n, batch_size):
+        x = np.pad(slices[start : start + batch_size].astype(np.float32, copy=False), pad)
+        prob = net(x[:, None])
+        out[start : start + prob.shape[0]] = prob[:, 0, :height, :width]
+        if progress is not None:
+            progress(min(start + batch_size, n), n)
+    return out
+
+
 @torch.inference_mode()
 def predict_slices(
-    model: nn.Module,
+    model: nn.Module | OpenVinoUNet,
     slices: np.ndarray,
     batch_size: int = DEFAULT_BATCH,
     device: torch.device | str | None = None,
@@ -141,7 +192,8 @@ def predict_slices(
     """Foreground probability for every pixel of a slice stack.
 
     Args:
-        model: network mapping [B, 1, H, W] to logits [B, 1, H, W].
+        model: network mapping [B, 1, H, W] to logits [B, 1, H, W], or an OpenVinoUNet (which
+            maps them to probabilities; batch size, device, bf16 and fuse are then its own).
         slices: float32 [S, H, W] prepared slices.
         batch_size: slices per forward pass.
         device: where to run; defaults to the model's device.
@@ -156,6 +208,8 @@ def predict_slices(
     """
     if slices.ndim != 3:
         raise ValueError(f"expected slices [S, H, W], got {slices.shape}")
+    if isinstance(model, OpenVinoUNet):
+        return _predict_openvino(model, slices, progress)
     device = torch.device(device) if device is not None else _model_device(model)
     bf16 = _bf16_runnable(bf16, device)
     multiple = multiple or required_multiple(model)
@@ -257,6 +311,7 @@ def segment_volume(
     locate: bool = True,
     fuse: bool = True,
     multiple: int | None = None,
+    engine: Engine = "auto",
 ) -> np.ndarray:
     """Segment a whole volume; returns a uint8 mask [X, Y, Z] on the volume's own voxel grid.
 
@@ -264,10 +319,16 @@ def segment_volume(
     model; with `locate` the model runs only around the brain found on every LOCATE_STRIDE-th
     slice (predict_located); `fuse` runs a plain U-Net's residual blocks fused (fused.py).
     `progress(done, total)` counts slices. `bf16` None: BF16 where the
-    device runs it natively (bf16_is_fast), FP32 elsewhere.
+    device runs it natively (bf16_is_fast), FP32 elsewhere. `engine`: see openvino_copy; "auto"
+    runs a plain U-Net on the CPU in OpenVINO (`fuse` is then moot).
     """
     target = torch.device(device) if device is not None else _model_device(model)
     bf16 = bf16_is_fast(target) if bf16 is None else _bf16_runnable(bf16, target)
+    # one inference copy for both passes of the locating path (made first: a model the engine
+    # cannot run is refused before any work)
+    net: nn.Module | OpenVinoUNet = (
+        openvino_copy(model, bool(bf16), target, engine)
+        or (_inference_copy(model, bf16, target) if fuse else None) or model)
     prepared = prepare_volume(volume, prep)
     probs = np.zeros(prepared.image.shape, dtype=np.float32)
     box = head_bounding_box(prepared.image) if crop else (slice(None),) * 3
@@ -277,9 +338,6 @@ def segment_volume(
             progress(0, 0)
     else:
         logger.debug("inference on %s of %s", prepared.image[box].shape, prepared.image.shape)
-
-        # one inference copy for both passes of the locating path
-        net = (_inference_copy(model, bf16, target) if fuse else None) or model
 
         def predict(slices: np.ndarray, report: Progress | None) -> np.ndarray:
             return predict_slices(net, slices, batch_size, target, multiple=multiple,

@@ -146,6 +146,7 @@ class UNet(nn.Module):
         return [(spec.name, spec.stage, spec.name) for spec in self.units]
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input_size(x, self.depth)
         return self.forward_units(x, self._apply_unit)
 
     def _apply_unit(self, name: str, x: Tensor) -> Tensor:
@@ -155,10 +156,10 @@ class UNet(nn.Module):
     def forward_units(self, x: Tensor, run: UnitRunner) -> Tensor:
         """The U-Net's wiring with each unit applied by `run(name, x)`.
 
-        SpotTUNet reuses this wiring with its gated twins, so the topology is written once.
-        x: [B, C, H, W] -> logits [B, 1, H, W].
+        SpotTUNet reuses this wiring with its gated twins, and the OpenVINO engine with graph
+        nodes (openvino_engine.py), so the topology is written once. x: [B, C, H, W] -> logits
+        [B, 1, H, W]; callers check the size (check_input_size).
         """
-        check_input_size(x, self.depth)
         blocks = self._block_names
 
         def through(stage_name: str, h: Tensor, units: list[str]) -> Tensor:

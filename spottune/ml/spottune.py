@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from spottune.ml.network import UNet
+from spottune.ml.network import UNet, check_input_size
 from spottune.ml.policy import FixedPolicy, PolicyKind, make_policy, sample_gates
 
 FrozenNorm = Literal["source", "target"]
@@ -163,6 +163,7 @@ class SpotTUNet(nn.Module):
         Gates are sampled (straight-through Gumbel) in train mode and argmax in eval mode; the
         gates carry gradient to the policy in train mode.
         """
+        check_input_size(x, self.trainable.depth)
         gates = sample_gates(self.gate_logits(x), self.temperature, self.training)
         hard = gates.detach().to("cpu", torch.bool)  # one device sync per forward, not per gate
         all_trainable, all_frozen = hard.all(0).tolist(), (~hard).all(0).tolist()

@@ -177,6 +177,19 @@ def test_adapt_then_segment_and_evaluate(
     written: Any = nib.load(str(masks / "b1_mask.nii.gz"))
     assert written.shape == SHAPE and np.allclose(written.affine, SITE_B_AFFINE)
     assert set(np.unique(np.asarray(written.dataobj)).tolist()) <= {0, 1}
+    # the engine: an instance-policy model runs in torch only; a plain U-Net's FP32 mask is the
+    # same from OpenVINO (the default, auto) and torch
+    in_torch = data / f"masks-{out.stem}-torch"
+    if "--policy" not in extra and method == "spottune":
+        result = runner.invoke(app, ["segment", str(data / "b1.nii.gz"), "--model", str(out),
+                                     "--out-dir", str(in_torch), "--engine", "openvino"])
+        assert result.exit_code == 2 and "plain U-Nets" in result.output
+        assert not in_torch.exists()  # refused before anything was written
+    else:
+        _run("segment", data / "b1.nii.gz", "--model", out, "--out-dir", in_torch, "--engine",
+             "torch")
+        again: Any = nib.load(str(in_torch / "b1_mask.nii.gz"))
+        assert np.array_equal(np.asarray(again.dataobj), np.asarray(written.dataobj))
 
     report = data / f"metrics-{out.stem}.json"
     _run(

@@ -1,0 +1,162 @@
+"""OpenVINO inference for plain U-Nets on CPU: the same function, compiled by OpenVINO.
+
+The graph is built directly from the model's tensors, with the U-Net's own wiring
+(`UNet.forward_units`, called with OpenVINO nodes instead of tensors), so no export step, file or
+cache is involved and the topology is still written once. Each unit becomes the OpenVINO
+operations of its torch module: convolutions, transposed convolutions, inference-mode BatchNorm
+and ReLU; the sigmoid runs inside the graph. OpenVINO then fuses and schedules the graph for the
+CPU it runs on. A plain U-Net's eval-mode forward is a per-slice function, and so is this graph.
+
+Precision: FP32 (`bf16=False`) computes what torch computes up to float rounding (masks equal on
+the benchmark heads); with `bf16=True` OpenVINO runs the convolutions in BF16 where the CPU has
+native BF16 (AMX / AVX-512 BF16), as the torch BF16 path does. bench/speed.py measures both
+against torch in the same run, and the masks' agreement.
+
+Only plain `UNet`s (pretrained models, finetune-* results and exported global policies) run here;
+an instance-policy SpotTUNet chooses twins per slice and runs in torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spottune.ml.network import PreActivation, ResBlock, UNet
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {False: "f32", True: "bf16"}
+BATCH = 1
+"""Slices per inference request. Static shapes, 1 thread, a 192x224 head box: BF16 10.0 /
+10.2 / 10.7 / 11.2 ms per slice at batch 1 / 4 / 8 / 16, FP32 45.7 / 46.0 / 48.3 / 56.4."""
+
+
+def openvino_available() -> bool:
+    """Whether the OpenVINO runtime is installed (it is a project dependency; a trimmed
+    environment without it runs everything in torch)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy().copy()
+
+
+class _GraphBuilder:
+    """OpenVINO nodes for the units of one U-Net (eval-mode semantics)."""
+
+    def __init__(self, model: UNet) -> None:
+        import openvino.opset13 as ops
+
+        self.ops = ops
+        self.model = model
+
+    def unit(self, name: str, x: Any) -> Any:
+        return self.module(self.model.get_submodule(name), x)
+
+    def module(self, module: nn.Module, x: Any) -> Any:
+        ops = self.ops
+        if isinstance(module, ResBlock):
+            return x + self.module(module.unit2, self.module(module.unit1, x))
+        if isinstance(module, PreActivation):
+            return self.module(module.conv, ops.relu(self.module(module.norm, x)))
+        if isinstance(module, nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
+            channels = module.num_features
+            weight = (module.weight if module.weight is not None
+                      else torch.ones(channels))
+            bias = module.bias if module.bias is not None else torch.zeros(channels)
+            return ops.batch_norm_inference(
+                x, _array(weight), _array(bias), _array(module.running_mean),
+                _array(module.running_var), float(module.eps))
+        if isinstance(module, nn.ConvTranspose2d):
+            if module.groups != 1 or any(p != 0 for p in module.padding):
+                raise ValueError(f"unsupported transposed convolution {module}")
+            y = ops.convolution_backprop_data(
+                x, ops.constant(_array(module.weight)), list(module.stride),
+                pads_begin=[0, 0], pads_end=[0, 0], dilations=list(module.dilation))
+            return self._bias(y, module.bias)
+        if isinstance(module, nn.Conv2d):
+            if (module.groups != 1 or isinstance(module.padding, str)
+                    or module.padding_mode != "zeros"):
+                raise ValueError(f"unsupported convolution {module}")
+            pads = [int(p) for p in module.padding]
+            y = ops.convolution(x, ops.constant(_array(module.weight)), list(module.stride),
+                                pads, pads, list(module.dilation))
+            return self._bias(y, module.bias)
+        raise ValueError(f"no OpenVINO translation for {type(module).__name__}")
+
+    def _bias(self, y: Any, bias: torch.Tensor | None) -> Any:
+        if bias is None:
+            return y
+        return y + self.ops.constant(_array(bias).reshape(1, -1, 1, 1))
+
+    def graph(self) -> Any:
+        import openvino as ov
+
+        ops = self.ops
+        x = ops.parameter([-1, self.model.in_channels, -1, -1], np.float32, name="slices")
+        logits = self.model.forward_units(x, self.unit)
+        return ov.Model([ops.sigmoid(logits)], [x], "spottune-unet")
+
+
+class OpenVinoUNet:
+    """A plain U-Net compiled by OpenVINO for the CPU: float32 [B, C, H, W] slices (H, W
+    multiples of 2**depth) -> float32 foreground probabilities [B, 1, H, W].
+
+    The graph is compiled for each input shape it meets (about 0.1 s; a volume's slices share
+    one): on 2 Xeon cores a static shape ran 1.3x faster per slice than OpenVINO's dynamic
+    shapes. `batch_size` is the batch it prefers (bench/speed.py); a shorter last batch is
+    padded to it rather than compiled for.
+
+    Args:
+        model: the plain U-Net (its current weights and BatchNorm statistics are copied in).
+        bf16: BF16 convolutions (where the CPU has native BF16) instead of FP32.
+        threads: CPU threads; default torch.get_num_threads(), so the worker's thread cap and
+            a caller's torch.set_num_threads hold for this engine too.
+    """
+
+    batch_size = BATCH
+
+    def __init__(self, model: UNet, *, bf16: bool = False, threads: int | None = None) -> None:
+        if type(model) is not UNet:
+            raise ValueError(f"the OpenVINO engine runs plain U-Nets, not {type(model).__name__}")
+        import openvino as ov
+
+        self.depth = model.depth
+        self.in_channels = model.in_channels
+        self.bf16 = bf16
+        self.threads = threads or torch.get_num_threads()
+        self._core = ov.Core()
+        self._graph = _GraphBuilder(model).graph()
+        self._requests: dict[tuple[int, ...], Any] = {}
+
+    def _request(self, shape: tuple[int, ...]) -> Any:
+        request = self._requests.get(shape)
+        if request is None:
+            graph = self._graph.clone()
+            graph.reshape(list(shape))
+            compiled = self._core.compile_model(graph, "CPU", {
+                "INFERENCE_PRECISION_HINT": PRECISIONS[self.bf16],
+                "INFERENCE_NUM_THREADS": self.threads,
+                "PERFORMANCE_HINT": "LATENCY",
+                # the worker shares its machine with the API: no thread pinned to a core
+                "ENABLE_CPU_PINNING": False,
+            })
+            request = self._requests[shape] = compiled.create_infer_request()
+        return request
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities of a batch [B, C, H, W]; the result is the caller's own array."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = x.shape[0]
+        if 0 < n < self.batch_size:  # a short last batch: padded, not compiled for
+            x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), np.float32)])
+        request = self._request(tuple(x.shape))
+        request.infer({0: x})
+        out: np.ndarray = request.get_output_tensor(0).data[:n].copy()
+        return out
