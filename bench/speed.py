@@ -9,8 +9,8 @@ Measures, as medians over repeats, in one run so ratios compare like with like:
   with air around the head) with the default `segment_volume` path for the base model, the
   exported SpotTUNet-global model and the SpotTUNet-instance model;
 * the "before" path (plain eager FP32, contiguous, one slice per forward, no crop) against the
-  "after" default path (OpenVINO for a plain U-Net on a CPU), plus single levers (the torch
-  engine, no BF16, 1 vs 2 threads, batch sizes, torch.compile);
+  "after" default path (BF16 in torch where native; FP32 on a CPU runs a plain U-Net in
+  OpenVINO), plus single levers (engines, no BF16, 1 vs 2 threads, batch sizes, torch.compile);
 * FP32 vs BF16 mask agreement (Dice) of a trained model.
 
     python bench/speed.py --quick          # ~1-2 min

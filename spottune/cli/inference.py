@@ -53,8 +53,9 @@ def segment(
     ] = False,
     engine: Annotated[
         Engine,
-        typer.Option(help="auto: OpenVINO for a plain U-Net on the CPU (faster; the same masks "
-                          "in FP32), torch otherwise; torch; openvino (plain U-Nets only)."),
+        typer.Option(help="auto: OpenVINO for a plain U-Net on the CPU in FP32 (the same masks, "
+                          "~1.3x faster), torch otherwise; torch; openvino: plain U-Nets only, "
+                          "also in BF16 (~1.6x faster than torch, further from FP32)."),
     ] = "auto",
     device: Device = None,
     **flags: Any,
@@ -67,7 +68,7 @@ def segment(
         options = parse_options(SegmentationOptions, flags)
         torch_device = pick_device(device)
         net, config = load_model(model, device=torch_device)
-        check_engine(net, torch_device, engine)  # refused before any file is written
+        check_engine(net, torch_device, engine, bf16)  # refused before any file is written
         out_dir.mkdir(parents=True, exist_ok=True)
         with progress_bar() as bar:
             for path in images:

@@ -88,7 +88,11 @@ def test_segment_volume_masks_agree_between_engines() -> None:
     auto_mask = segment_volume(model, volume, prep, **kw)
     assert 0 < torch_mask.sum() < torch_mask.size  # a mask with a boundary to disagree on
     assert dice(openvino_mask, torch_mask) > 0.999
-    assert np.array_equal(auto_mask, openvino_mask)  # auto: OpenVINO for a plain U-Net
+    assert np.array_equal(auto_mask, openvino_mask)  # auto: OpenVINO for a plain U-Net in FP32
+    if bf16_is_fast(torch.device("cpu")):  # ... and torch in BF16, which stays closer to FP32
+        half = kw | {"bf16": True}
+        assert np.array_equal(segment_volume(model, volume, prep, **half),
+                              segment_volume(model, volume, prep, engine="torch", **half))
     probs_torch = predict_slices(model, image[:, :32, :24].copy(), 4)
     probs_openvino = predict_slices(OpenVinoUNet(model), image[:, :32, :24].copy(), 4)
     assert np.abs(probs_torch - probs_openvino).max() < 1e-5
