@@ -39,7 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # helper modules besid
 
 from adaptation_profiles import PROFILES, Profile, parse_budget  # noqa: E402
 from adaptation_runs import Data, Runner, model_weights, plan, unit_key  # noqa: E402
-from adaptation_stats import plateau, policy_agreement, summarise  # noqa: E402
+from adaptation_stats import (  # noqa: E402
+    plateau,
+    policy_agreement,
+    replicate_spread,
+    summarise,
+)
 from adaptation_table import markdown_report  # noqa: E402
 
 from spottune.ml.device import pick_device  # noqa: E402
@@ -76,8 +81,9 @@ def _setup(threads: int) -> None:
 
 
 def collect(units: list[dict[str, Any]], cache: Path, data: Data) -> tuple[list[dict], list[dict]]:
-    """Rows (one per scored scan) and runs (one per adaptation, with its policy readout) of
-    every cached unit."""
+    """Rows (one per scored scan) and runs (one per adaptation, with its policy readout and mean
+    test and validation sDice) of every cached unit. Each carries its `replicate` (0 but for
+    SpotTUnet's extra replicates; see Profile.replicates)."""
     rows: list[dict] = []
     runs: list[dict] = []
 
@@ -88,6 +94,7 @@ def collect(units: list[dict[str, Any]], cache: Path, data: Data) -> tuple[list[
                          "source_site": unit.get("source_site"),
                          "target_site": unit.get("target_site", unit.get("site")),
                          "fold": unit.get("fold"), "seed": seed,
+                         "replicate": unit.get("replicate", 0),
                          "subject": data.scans[scan_id]["subject"], "split": split, **s})
 
     oracle_rows: dict[str, dict] = {}
@@ -111,7 +118,10 @@ def collect(units: list[dict[str, Any]], cache: Path, data: Data) -> tuple[list[
             policy = result.get("policy") or {}
             runs.append({k: unit[k] for k in ("method", "budget", "source_site", "target_site",
                                               "fold", "seed")}
-                        | {"n_slices": result["n_slices"], "seconds": result["adapt_seconds"],
+                        | {"replicate": unit.get("replicate", 0),
+                           "test_sdice": _mean_sdice(result["scores"]),
+                           "validation_sdice": _mean_sdice(result["validation"]),
+                           "n_slices": result["n_slices"], "seconds": result["adapt_seconds"],
                            "loss_curve": result["loss_curve"],
                            "gate_names": policy.get("gate_names"),
                            "probability": policy.get("probability"),
@@ -132,6 +142,11 @@ def collect(units: list[dict[str, Any]], cache: Path, data: Data) -> tuple[list[
     for source, target in sorted(pairs):
         rows += [r | {"source_site": source} for r in ceiling_rows if r["target_site"] == target]
     return rows, runs
+
+
+def _mean_sdice(scores: dict[str, dict[str, float]]) -> float | None:
+    values = [s["sdice"] for s in scores.values() if "sdice" in s]
+    return sum(values) / len(values) if values else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global-bn-reestimate", action=argparse.BooleanOptionalAction,
                         default=None, help="spottune-global: re-estimate the chosen units' "
                         "BatchNorm statistics on the target images after fine-tuning [profile's]")
+    parser.add_argument("--replicates", type=int,
+                        help="SpotTUnet adaptations per split, as the service's option: replicate "
+                        "r trains with adaptation seed seed + r on the same source model and "
+                        "data; the main table uses replicate 0 only [profile's]")
     parser.add_argument("--name", help="results name [adaptation-<profile>]")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no new unit after this long; what finished stays cached")
@@ -177,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["methods"] = tuple(args.methods.split(","))
     for field in ("seeds_per_fold", "adapt_iterations", "adapt_learning_rate",
                   "policy_learning_rate", "frozen_norm", "global_bn_reestimate", "lambda_reg",
-                  "temperature"):
+                  "temperature", "replicates"):
         if getattr(args, field) is not None:
             overrides[field] = getattr(args, field)
     profile = dataclasses.replace(profile, **overrides)
@@ -230,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
 def write_results(units: list[dict[str, Any]], cache: Path, data: Data, profile: Profile,
                   name: str, args: argparse.Namespace, device: str, elapsed: float) -> str:
     rows, runs = collect(units, cache, data)
+    # the tables and the report's rows: replicate 0 only (every method then has one run per
+    # split, as without replicates); the extra replicates' rows are kept apart, their runs (with
+    # mean sDice) are in `runs`
+    replicate_rows = [r for r in rows if r["replicate"] != 0]
+    rows = [r for r in rows if r["replicate"] == 0]
     complete = all((cache / f"{unit_key(u)}.json").is_file() for u in units)
     stats = summarise(rows, profile.budgets, profile.methods)
     agreement = {m: policy_agreement(runs, m) for m in profile.methods if m.startswith("spottune")}
@@ -241,9 +265,10 @@ def write_results(units: list[dict[str, Any]], cache: Path, data: Data, profile:
         "data_seed": data.manifest.get("seed"), "complete": complete,
         "units": len(units), "compute_minutes": round(seconds / 60, 1),
         "elapsed_s_this_sitting": round(elapsed, 1),
-        "rows": rows, **stats,
+        "rows": rows, "replicate_rows": replicate_rows, **stats,
         "policy_agreement": agreement.get("spottune", policy_agreement([], "spottune")),
-        "policy_agreement_by_method": agreement, "plateau": plateau(runs), "runs": runs,
+        "policy_agreement_by_method": agreement, "plateau": plateau(runs),
+        "replicate_spread": replicate_spread(runs), "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -30,7 +30,8 @@ class Profile:
     slice of one target-site subject of another head. Validation scans (for choosing settings and
     the best fixed strategy) are other target-site subjects of the non-test heads, never a test
     scan and never the adaptation's training subject. Each fold runs `seeds_per_fold` seeds; a seed
-    changes the source model, the oracle, the training subject and the adaptation.
+    changes the source model, the oracle, the training subject and the adaptation; a replicate
+    (SpotTUnet only) changes only the adaptation's seed.
     """
 
     spacing_mm: tuple[float, float]  # in-plane spacing of the model's slices
@@ -53,6 +54,10 @@ class Profile:
     global_bn_reestimate: bool = False  # spottune-global: see spottune.ml.train._export_finetuned
     lambda_reg: float | None = None  # SpotTUnet's penalty; None: the paper's for the budget
     temperature: float = 0.1  # SpotTUnet's Gumbel-softmax temperature (the reference code's)
+    # SpotTUnet adaptations per split, as the service's `replicates` option: replicate r trains
+    # with adaptation seed seed + r on the same source model, training subject, annotated slices
+    # and unlabelled scans (replicate 0 is the split's one run; the main table uses only it)
+    replicates: int = 1
 
 
 CPU_PAIRS = (

@@ -198,11 +198,15 @@ def plan(data: Data, profile: Profile, data_seed: int | None) -> list[dict[str, 
                 add(evals, {"kind": "none", **pair})
                 for budget in profile.budgets:
                     for method in profile.methods:
-                        add(evals, {"kind": "adapt", **pair,
-                                    **_method_settings(method, adapt_settings, profile),
-                                    "method": method, "budget": budget,
-                                    "train_id": split.train_id,
-                                    "unlabelled_ids": list(split.unlabelled_ids)})
+                        unit = {"kind": "adapt", **pair,
+                                **_method_settings(method, adapt_settings, profile),
+                                "method": method, "budget": budget,
+                                "train_id": split.train_id,
+                                "unlabelled_ids": list(split.unlabelled_ids)}
+                        add(evals, unit)  # replicate 0: the key every earlier unit has
+                        if method.startswith("spottune"):
+                            for r in range(1, profile.replicates):
+                                add(evals, unit | {"replicate": r})
     return models + evals
 
 
@@ -278,7 +282,8 @@ class Runner:
         scores = {}
         for scan_id in scan_ids:
             volume, _, reference = self.data.load(scan_id)
-            predicted = segment_volume(model, volume, self.prep, device=self.device)
+            predicted = segment_volume(model, volume, self.prep, device=self.device,
+                                       engine="torch")  # as every cached unit was scored
             scores[scan_id] = score_prediction(predicted, volume, reference)
         return scores
 
@@ -298,7 +303,9 @@ class Runner:
             iterations=unit["adapt_iterations"], batch_size=self.profile.batch_size,
             learning_rate=unit["adapt_learning_rate"],
             policy_learning_rate=unit["policy_learning_rate"],
-            patch_size=self.profile.patch_size, seed=unit["seed"],
+            # replicate r: adaptation seed seed + r, as spottune.ml.replicates derives them (the
+            # source model, training subject, slices and unlabelled scans stay the split's)
+            patch_size=self.profile.patch_size, seed=unit["seed"] + unit.get("replicate", 0),
             # absent from a key: the paper's lambda for the budget, the default temperature
             lambda_reg=unit.get("lambda_reg"), temperature=unit.get("temperature", TEMPERATURE),
             **extra)
@@ -315,9 +322,9 @@ class Runner:
         losses = np.array([h["loss"] for h in result.history])
         curve = ([float(w.mean()) for w in np.array_split(losses, CURVE_POINTS) if w.size]
                  if losses.size else [])
-        log.info("%s->%s fold %d seed %d budget %s %-15s adapted in %.0f s",
+        log.info("%s->%s fold %d seed %d replicate %d budget %s %-15s adapted in %.0f s",
                  unit["source_site"], unit["target_site"], unit["fold"], unit["seed"],
-                 unit["budget"], unit["method"], seconds)
+                 unit.get("replicate", 0), unit["budget"], unit["method"], seconds)
         return {
             "kind": "adapt", "n_slices": len(slices), "adapt_seconds": round(seconds, 1),
             "loss_curve": curve,

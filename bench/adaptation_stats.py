@@ -7,7 +7,8 @@
   two-sided bootstrap p-values, Holm-corrected across budgets.
 - Policy agreement: Spearman correlation of per-gate fine-tune probabilities between runs of the
   same pair and budget with different seeds, and between runs of different target sites with the
-  same seed and budget.
+  same seed and budget (replicate 0 only), and between replicates of one split (same pair, fold,
+  seed and budget: only the adaptation seed differs).
 """
 
 from __future__ import annotations
@@ -162,32 +163,86 @@ def summarise(rows: Sequence[dict], budgets: Sequence[Any], methods: Sequence[st
 
 def policy_agreement(runs: Sequence[dict], method: str = "spottune") -> dict[str, Any]:
     """Mean Spearman correlation of per-gate probabilities: same pair and budget across seeds,
-    and same seed and budget across target sites."""
+    and same seed and budget across target sites (both among replicate-0 runs, so they mean what
+    they meant before replicates); and same pair, fold, seed and budget across replicates (only
+    the adaptation seed differs: the service's `replicates` confidence). The `frequency_*` fields
+    are the same over the per-gate fine-tune frequencies (None where no run has them)."""
     chosen = [r for r in runs if r["method"] == method and r.get("probability")]
-    same, across = [], []
+    same: list[float] = []
+    across: list[float] = []
+    replicates: list[float] = []
+    f_same: list[float] = []
+    f_across: list[float] = []
+    f_replicates: list[float] = []
     for a, b in itertools.combinations(chosen, 2):
         if a["budget"] != b["budget"]:
             continue
         rho = rank_agreement(a["probability"], b["probability"])
-        if rho is None:
-            continue
+        frequency = (rank_agreement(a["frequency"], b["frequency"])
+                     if a.get("frequency") and b.get("frequency") else None)
         same_pair = (a["source_site"], a["target_site"]) == (b["source_site"], b["target_site"])
-        if same_pair and a["seed"] != b["seed"]:
-            same.append(rho)
-        elif not same_pair and a["seed"] == b["seed"]:
-            across.append(rho)
+        ra, rb = a.get("replicate", 0), b.get("replicate", 0)
+        if ra == rb == 0:
+            if same_pair and a["seed"] != b["seed"]:
+                groups = (same, f_same)
+            elif not same_pair and a["seed"] == b["seed"]:
+                groups = (across, f_across)
+            else:
+                continue
+        elif (same_pair and ra != rb and a.get("fold") == b.get("fold")
+              and a["seed"] == b["seed"]):
+            groups = (replicates, f_replicates)
+        else:
+            continue
+        for values, value in zip(groups, (rho, frequency), strict=True):
+            if value is not None:
+                values.append(value)
 
     def mean(values: list[float]) -> float | None:
         return float(np.mean(values)) if values else None
 
     return {"same_site_across_seeds": mean(same), "across_sites": mean(across),
-            "n_same_site": len(same), "n_across_sites": len(across)}
+            "n_same_site": len(same), "n_across_sites": len(across),
+            "same_source_across_replicates": mean(replicates), "n_same_source": len(replicates),
+            "frequency_same_site_across_seeds": mean(f_same),
+            "frequency_across_sites": mean(f_across),
+            "frequency_same_source_across_replicates": mean(f_replicates),
+            "n_frequency_same_site": len(f_same), "n_frequency_across_sites": len(f_across),
+            "n_frequency_same_source": len(f_replicates)}
+
+
+def replicate_spread(runs: Sequence[dict]) -> list[dict[str, Any]]:
+    """Per method and budget with replicates: mean test sDice per replicate (over the splits
+    that have it) and the mean within-split range (max - min) of test sDice across replicates."""
+    by_split: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in runs:
+        if r.get("test_sdice") is not None:
+            split = (r["method"], r["budget"], r["source_site"], r["target_site"], r["fold"],
+                     r["seed"])
+            by_split[split][r.get("replicate", 0)] = r["test_sdice"]
+    groups: dict[tuple[str, Any], list[dict[int, float]]] = defaultdict(list)
+    for (method, budget, *_), values in by_split.items():
+        groups[(method, budget)].append(values)
+    out = []
+    for (method, budget), splits in groups.items():
+        if not any(len(s) > 1 for s in splits):
+            continue
+        per: dict[int, list[float]] = defaultdict(list)
+        for s in splits:
+            for replicate, value in s.items():
+                per[replicate].append(value)
+        ranges = [max(s.values()) - min(s.values()) for s in splits if len(s) > 1]
+        out.append({"method": method, "budget": budget,
+                    "test_sdice_by_replicate": {str(k): float(np.mean(v))
+                                                for k, v in sorted(per.items())},
+                    "mean_range": float(np.mean(ranges)), "splits": len(ranges)})
+    return out
 
 
 def plateau(runs: Sequence[dict]) -> list[dict[str, Any]]:
     """Per method and budget: the training loss's relative drop over the last quarter of the
-    schedule (mean of the runs' curves). Near zero: the method has stopped improving on its
-    training slices by the end of the schedule."""
+    schedule (mean of the runs' curves, every replicate's included). Near zero: the method has
+    stopped improving on its training slices by the end of the schedule."""
     groups: dict[tuple[str, Any], list[float]] = defaultdict(list)
     for r in runs:
         curve = r.get("loss_curve") or []

@@ -71,10 +71,22 @@ def markdown_report(report: dict[str, Any], budgets: Sequence[Any], title: str) 
                          f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] |")
         lines.append("")
     for name, agreement in report["policy_agreement_by_method"].items():
-        lines.append(f"Policy agreement ({name}, Spearman of per-gate probabilities): same site "
-                     f"across seeds {_fmt(agreement['same_site_across_seeds'], 2)} "
-                     f"(n = {agreement['n_same_site']}), across sites "
-                     f"{_fmt(agreement['across_sites'], 2)} (n = {agreement['n_across_sites']}).")
+        text = (f"Policy agreement ({name}, Spearman of per-gate probabilities): same site "
+                f"across seeds {_fmt(agreement['same_site_across_seeds'], 2)} "
+                f"(n = {agreement['n_same_site']}), across sites "
+                f"{_fmt(agreement['across_sites'], 2)} (n = {agreement['n_across_sites']})")
+        if agreement.get("n_same_source"):
+            text += (f", same source across replicates (only the adaptation seed differs) "
+                     f"{_fmt(agreement['same_source_across_replicates'], 2)} "
+                     f"(n = {agreement['n_same_source']}; per-gate fine-tune frequencies "
+                     f"{_fmt(agreement.get('frequency_same_source_across_replicates'), 2)}, "
+                     f"n = {agreement.get('n_frequency_same_source', 0)})")
+        lines.append(text + ".")
+    for s in report.get("replicate_spread", []):
+        by = ", ".join(f"{r}: {v:.3f}" for r, v in s["test_sdice_by_replicate"].items())
+        lines.append(f"Replicates ({s['method']}, {s['budget']} slices): mean test sDice by "
+                     f"replicate {by}; mean range within a split {s['mean_range']:.3f} "
+                     f"(n = {s['splits']} splits).")
     drops = {(d["method"], d["budget"]): d["loss_drop_last_quarter"]
              for d in report.get("plateau", [])}
     if drops:

@@ -184,6 +184,7 @@ def render_report_html(
     and per-gate table, replicate agreement, training curve, before/after metrics on validation
     and target scans, overlay images; all embedded, every text from the caller escaped."""
     from spottune.ml.readout import stage_summary, where_the_shift_lives
+    from spottune.ml.replicates import agreement_verdict
 
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if policy is not None:
@@ -202,7 +203,10 @@ def render_report_html(
                   f"{html.escape(', '.join(str(s) for s in replicates['seeds']))}). Policy "
                   f"agreement: {html.escape(confidence)}. Delivered: seed "
                   f"{html.escape(str(replicates['delivered_seed']))}, "
-                  f"{html.escape(str(replicates['reason']))}.</p>"]
+                  f"{html.escape(str(replicates['reason']))}.</p>",
+                  f"<p>{html.escape(agreement_verdict(agreement, len(replicates['seeds'])))}</p>"]
+    elif policy is not None:
+        parts += [f"<p>{html.escape(agreement_verdict(None, 1))}</p>"]
     if validation_table:
         parts += ["<h2>Validation scans (annotated, not trained on): before and after</h2>",
                   _table(validation_table)]

@@ -105,3 +105,22 @@ def test_report_shows_shift_replicates_and_validation() -> None:
     assert "Where the shift lives" in page and "first stages" in page
     assert "0.83" in page and "Delivered: seed 1" in page
     assert "0.6300" in page and "Validation scans" in page
+    assert "Consistent: the replicates ranked the gates alike" in page
+
+
+@pytest.mark.parametrize(
+    ("agreement", "seeds", "verdict"),
+    [(0.03, [0, 1, 2], "Not consistent (agreement 0.03)"),
+     (0.62, [0, 1, 2], "Partly consistent (agreement 0.62)"),
+     (None, None, "One replicate")],
+)
+def test_report_says_what_replicate_agreement_lets_a_clinic_read(
+    agreement: float | None, seeds: list[int] | None, verdict: str
+) -> None:
+    replicates = (None if seeds is None else
+                  {"seeds": seeds, "delivered_seed": 0, "agreement": agreement, "reason": "r"})
+    page = render_report_html(
+        title="t", policy=record([0.95, 0.9, 0.7, 0.6, 0.1, 0.1, 0.1, 0.1, 0.8]), history=[],
+        metrics_table=None, overlays=[], replicates=replicates)
+    assert verdict in page
+    assert ("not a fingerprint of this scanner" in page) == (agreement == 0.03)

@@ -1,0 +1,99 @@
+"""The adaptation benchmark's policy agreement: which runs it compares (bench/adaptation_stats)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# the benchmark's helper modules import each other by bare name, as bench/adaptation.py does
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from adaptation_stats import policy_agreement, replicate_spread  # noqa: E402
+
+UP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+DOWN = UP[::-1]
+OTHER = [0.3, 0.1, 0.6, 0.2, 0.5, 0.4]  # neither the same order as UP nor its reverse
+
+
+def run(probability: list[float], *, target: str = "b", fold: int = 0, seed: int = 0,
+        budget: Any = 12, replicate: int | None = None, method: str = "spottune",
+        frequency: list[float] | None = None, test_sdice: float | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = {"method": method, "budget": budget, "source_site": "a",
+                              "target_site": target, "fold": fold, "seed": seed,
+                              "probability": probability, "frequency": frequency,
+                              "test_sdice": test_sdice}
+    if replicate is not None:  # runs made before replicates have no such field
+        record["replicate"] = replicate
+    return record
+
+
+def test_identical_replicates_agree_fully() -> None:
+    result = policy_agreement([run(UP), run(UP, replicate=1), run(UP, replicate=2)])
+    assert result["same_source_across_replicates"] == pytest.approx(1.0)
+    assert result["n_same_source"] == 3
+    # no pair of different seeds or sites: the other figures are empty
+    assert result["same_site_across_seeds"] is None and result["n_same_site"] == 0
+    assert result["across_sites"] is None and result["n_across_sites"] == 0
+
+
+def test_reversed_replicates_disagree_fully() -> None:
+    result = policy_agreement([run(UP, replicate=0), run(DOWN, replicate=1)])
+    assert result["same_source_across_replicates"] == pytest.approx(-1.0)
+    assert result["n_same_source"] == 1
+
+
+def test_replicates_pair_only_within_one_split() -> None:
+    runs = [
+        run(UP), run(UP, replicate=1),  # the one replicate pair: +1
+        run(DOWN, fold=1, replicate=1),  # another fold: no replicate pair with fold 0
+        run(DOWN, seed=1, replicate=2),  # another seed
+        run(DOWN, budget=5, replicate=1),  # another budget
+        run(DOWN, target="c", replicate=1),  # another pair
+        run(DOWN, replicate=1, method="spottune-global"),  # another method
+    ]
+    result = policy_agreement(runs)
+    assert result["n_same_source"] == 1
+    assert result["same_source_across_replicates"] == pytest.approx(1.0)
+
+
+def test_seed_and_site_comparisons_use_replicate_zero_only() -> None:
+    base = [run(UP), run(DOWN, seed=1), run(UP, target="c")]
+    before = policy_agreement(base)
+    assert before["same_site_across_seeds"] == pytest.approx(-1.0)
+    assert before["n_same_site"] == 1
+    assert before["across_sites"] == pytest.approx(1.0)
+    assert before["n_across_sites"] == 1
+    # replicates of those runs, some disagreeing, change neither figure
+    extra = [run(OTHER, replicate=1), run(DOWN, seed=1, replicate=1),
+             run(DOWN, target="c", replicate=1)]
+    after = policy_agreement(base + extra)
+    for key in ("same_site_across_seeds", "across_sites", "n_same_site", "n_across_sites"):
+        assert after[key] == before[key]
+    # replicate pairs: (UP, OTHER), (DOWN, DOWN) and (UP, DOWN)
+    assert after["n_same_source"] == 3
+    assert after["same_source_across_replicates"] == pytest.approx(
+        (policy_agreement([run(UP), run(OTHER, replicate=1)])["same_source_across_replicates"]
+         + 1.0 - 1.0) / 3)
+
+
+def test_frequency_agreement_and_constant_vectors() -> None:
+    runs = [run(UP, frequency=UP), run(UP, replicate=1, frequency=DOWN),
+            run(UP, replicate=2, frequency=[0.5] * 6)]  # constant: no correlation
+    result = policy_agreement(runs)
+    assert result["same_source_across_replicates"] == pytest.approx(1.0)
+    assert result["n_same_source"] == 3
+    assert result["frequency_same_source_across_replicates"] == pytest.approx(-1.0)
+    assert result["n_frequency_same_source"] == 1
+
+
+def test_replicate_spread() -> None:
+    runs = [run(UP, test_sdice=0.5), run(UP, replicate=1, test_sdice=0.7),
+            run(UP, fold=1, test_sdice=0.3), run(UP, fold=1, replicate=1, test_sdice=0.4),
+            run(UP, budget=5, test_sdice=0.1)]  # no replicates at this budget: not listed
+    (spread,) = replicate_spread(runs)
+    assert spread["budget"] == 12 and spread["splits"] == 2
+    assert spread["test_sdice_by_replicate"] == pytest.approx({"0": 0.4, "1": 0.55})
+    assert spread["mean_range"] == pytest.approx(0.15)
