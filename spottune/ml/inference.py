@@ -37,7 +37,7 @@ from spottune.contract import SegmentationOptions
 from spottune.ml.config import Preprocessing
 from spottune.ml.fused import fused_copy, fused_spottune_copy
 from spottune.ml.network import UNet
-from spottune.ml.openvino_engine import OpenVinoUNet, openvino_available
+from spottune.ml.openvino_engine import OpenVinoUNet
 from spottune.ml.preparation import prepare_volume, restore_to_grid
 from spottune.ml.spottune import SpotTUNet
 from spottune.ml.volumes import Volume
@@ -155,10 +155,6 @@ def check_engine(model: nn.Module, device: torch.device, engine: Engine,
         raise ValueError("the OpenVINO engine runs plain U-Nets on the CPU (pretrained models, "
                          "fine-tuned ones, exported global policies); this is a "
                          f"{type(model).__name__} on {device.type}: use engine torch or auto")
-    if not openvino_available():
-        if engine == "openvino":
-            raise ValueError("the OpenVINO engine is not installed (pip install openvino)")
-        return False
     return runnable and (engine == "openvino" or not bf16)
 
 

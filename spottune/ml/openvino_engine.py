@@ -20,8 +20,6 @@ an instance-policy SpotTUNet chooses twins per slice and runs in torch.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 from typing import Any
 
 import numpy as np
@@ -30,18 +28,10 @@ from torch import nn
 
 from spottune.ml.network import PreActivation, ResBlock, UNet
 
-logger = logging.getLogger(__name__)
-
 PRECISIONS = {False: "f32", True: "bf16"}
 BATCH = 1
 """Slices per inference request. Static shapes, 1 thread, a 192x224 head box: BF16 10.0 /
 10.2 / 10.7 / 11.2 ms per slice at batch 1 / 4 / 8 / 16, FP32 45.7 / 46.0 / 48.3 / 56.4."""
-
-
-def openvino_available() -> bool:
-    """Whether the OpenVINO runtime is installed (it is a project dependency; a trimmed
-    environment without it runs everything in torch)."""
-    return importlib.util.find_spec("openvino") is not None
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
@@ -130,7 +120,6 @@ class OpenVinoUNet:
         import openvino as ov
 
         self.depth = model.depth
-        self.in_channels = model.in_channels
         self.bf16 = bf16
         self.threads = threads or torch.get_num_threads()
         self._core = ov.Core()
