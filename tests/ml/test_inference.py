@@ -24,6 +24,7 @@ from spottune.ml.metrics import dice
 from spottune.ml.network import UNet
 from spottune.ml.spottune import SpotTUNet
 from spottune.ml.volumes import Volume
+from tests.ml.helpers import unet_with_statistics
 
 
 class Threshold(nn.Module):
@@ -157,21 +158,8 @@ def test_locating_pass_falls_back_to_every_slice_when_sampling_misses_the_brain(
     assert sum(s[0] for s in model.seen) == 96
 
 
-def _unet_with_statistics(seed: int) -> nn.Module:
-    """A small U-Net with non-trivial BatchNorm statistics and affine parameters."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(width=4, depth=2, blocks_per_stage=2))
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            nn.init.uniform_(module.weight, 0.5, 1.5)
-            nn.init.uniform_(module.bias, -0.2, 0.2)
-    return model.eval()
-
-
 def test_fused_copy_computes_what_the_model_computes() -> None:
-    model = _unet_with_statistics(0)
+    model = unet_with_statistics(0).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(3, 1, 24, 32)
     with torch.inference_mode():
@@ -189,7 +177,7 @@ def test_fused_copy_computes_what_the_model_computes() -> None:
 
 
 def test_predict_slices_fused_and_plain_agree() -> None:
-    model = _unet_with_statistics(1)
+    model = unet_with_statistics(1).eval()
     slices = np.random.default_rng(2).random((5, 24, 24)).astype(np.float32)
     plain = predict_slices(model, slices, 4, fuse=False)
     fused = predict_slices(model, slices, 4)
@@ -198,7 +186,7 @@ def test_predict_slices_fused_and_plain_agree() -> None:
 
 def _instance_spottune(seed: int) -> SpotTUNet:
     """An instance-policy SpotTUNet whose twins differ and whose agent splits batches."""
-    base = _unet_with_statistics(seed)
+    base = unet_with_statistics(seed).eval()
     assert isinstance(base, UNet)
     model = SpotTUNet(base, "instance")
     torch.manual_seed(seed)

@@ -5,34 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from spottune.ml.config import ModelConfig, Preprocessing
-from spottune.ml.factory import build_model
+from spottune.ml.config import Preprocessing
 from spottune.ml.inference import bf16_is_fast, predict_slices, segment_volume
 from spottune.ml.metrics import dice
-from spottune.ml.network import UNet
 from spottune.ml.openvino_engine import OpenVinoUNet
 from spottune.ml.preparation import prepare_volume
 from spottune.ml.spottune import SpotTUNet
 from spottune.ml.volumes import Volume
-
-
-def _unet(seed: int, **config: int) -> UNet:
-    """A U-Net with non-trivial weights, biases and BatchNorm statistics, in train mode."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(**config))
-    assert isinstance(model, UNet)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                nn.init.uniform_(module.weight, 0.5, 1.5)
-                nn.init.uniform_(module.bias, -0.2, 0.2)
-            elif isinstance(module, nn.Conv2d) and module.bias is not None:
-                nn.init.uniform_(module.bias, -0.2, 0.2)
-    return model
+from tests.ml.helpers import unet_with_statistics
 
 
 @pytest.mark.parametrize(
@@ -41,7 +22,7 @@ def _unet(seed: int, **config: int) -> UNet:
      {"width": 8, "depth": 3, "blocks_per_stage": 1}],
 )
 def test_engine_computes_what_the_unet_computes(config: dict[str, int]) -> None:
-    model = _unet(0, **config)
+    model = unet_with_statistics(0, conv_bias=True, **config)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     engine = OpenVinoUNet(model)
     for shape in ((3, 1, 24, 32), (2, 1, 16, 16)):  # a second shape compiles anew
@@ -61,7 +42,7 @@ def test_engine_computes_what_the_unet_computes(config: dict[str, int]) -> None:
 
 
 def test_engine_bf16_is_close_and_follows_torch_threads() -> None:
-    model = _unet(1, width=4, depth=2, blocks_per_stage=1).eval()
+    model = unet_with_statistics(1, conv_bias=True, blocks_per_stage=1).eval()
     x = np.random.default_rng(0).random((2, 1, 24, 24)).astype(np.float32)
     fp32 = OpenVinoUNet(model)(x)
     half = OpenVinoUNet(model, bf16=True)(x)
@@ -73,7 +54,7 @@ def test_engine_bf16_is_close_and_follows_torch_threads() -> None:
 
 
 def test_segment_volume_masks_agree_between_engines() -> None:
-    model = _unet(2, width=4, depth=2, blocks_per_stage=1)
+    model = unet_with_statistics(2, conv_bias=True, blocks_per_stage=1)
     grid = np.meshgrid(*(np.linspace(-1, 1, n) for n in (40, 36, 30)), indexing="ij")
     image = (1000 * np.exp(-2 * sum(g**2 for g in grid))).astype(np.float32)
     volume = Volume(image, np.eye(4))
@@ -99,7 +80,7 @@ def test_segment_volume_masks_agree_between_engines() -> None:
 
 
 def test_engine_refuses_what_it_cannot_run() -> None:
-    base = _unet(3, width=4, depth=2, blocks_per_stage=1)
+    base = unet_with_statistics(3, conv_bias=True, blocks_per_stage=1)
     gated = SpotTUNet(base, "instance").eval()
     volume = Volume(np.ones((20, 20, 6), np.float32) * 100, np.eye(4))
     with pytest.raises(ValueError, match="plain U-Nets"):
