@@ -9,6 +9,13 @@ follow the module's train/eval mode as the reference code did, so while training
 with batch statistics (as the trainable twins do) and their running statistics drift to the target
 domain (their weights stay frozen either way). With "source" every gate also chooses between two
 normalisations, not only between two sets of weights.
+
+How often a global policy samples its gates while training (`gate_draws`): "batch" draws one
+configuration per step for the whole batch (the unchosen twins then run forward only, and no
+twin back-propagates for nothing); "slice" draws one configuration per slice from the same
+logits, as the instance policy does, so every step averages the policy's straight-through
+gradient over as many configurations as slices (both twins then run on every slice). An
+instance policy draws per slice either way.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from spottune.ml.network import UNet, check_input_size
 from spottune.ml.policy import FixedPolicy, PolicyKind, make_policy, sample_gates
 
 FrozenNorm = Literal["source", "target"]
+GateDraws = Literal["batch", "slice"]
 
 
 class _GateMix(torch.autograd.Function):
@@ -105,6 +113,8 @@ class SpotTUNet(nn.Module):
         temperature: Gumbel-softmax temperature used while training.
         agent_stride: instance policy: pooling stride of the agent's input (see policy.py).
         frozen_norm: how frozen twins normalise, "source" or "target" (see the module docstring).
+        gate_draws: global policy, training: one gate configuration per "batch" or per "slice"
+            (see the module docstring).
 
     State-dict layout: `frozen.<gate>.*`, `trainable.<gate>.*`, `policy.*`.
     """
@@ -117,11 +127,13 @@ class SpotTUNet(nn.Module):
         *,
         agent_stride: int | None = None,
         frozen_norm: FrozenNorm = "source",
+        gate_draws: GateDraws = "batch",
     ):
         super().__init__()
         self.policy_kind: PolicyKind = "global" if isinstance(policy, Tensor) else policy
         self.temperature = temperature
         self.frozen_norm: FrozenNorm = frozen_norm
+        self.gate_draws: GateDraws = gate_draws
         self.frozen = copy.deepcopy(base).requires_grad_(False).eval()
         self.trainable = copy.deepcopy(base).requires_grad_(True)
         self.gate_names: list[str] = [spec.name for spec in base.units]
@@ -164,7 +176,10 @@ class SpotTUNet(nn.Module):
         gates carry gradient to the policy in train mode.
         """
         check_input_size(x, self.trainable.depth)
-        gates = sample_gates(self.gate_logits(x), self.temperature, self.training)
+        logits = self.gate_logits(x)
+        if self.training and self.gate_draws == "slice":
+            logits = logits.expand(x.shape[0], -1, -1)  # one draw per slice, shared logits
+        gates = sample_gates(logits, self.temperature, self.training)
         hard = gates.detach().to("cpu", torch.bool)  # one device sync per forward, not per gate
         all_trainable, all_frozen = hard.all(0).tolist(), (~hard).all(0).tolist()
 

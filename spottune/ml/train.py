@@ -43,7 +43,7 @@ from spottune.ml.policy import agent_stride_for
 from spottune.ml.preparation import PreparedVolume
 from spottune.ml.readout import PolicyRecord, policy_record
 from spottune.ml.sampling import SliceSampler
-from spottune.ml.spottune import FrozenNorm, SpotTUNet
+from spottune.ml.spottune import FrozenNorm, GateDraws, SpotTUNet
 
 __all__ = [
     "METHODS", "AdaptOptions", "AdaptResult", "Cancelled", "PolicyRecord", "Progress",
@@ -80,6 +80,8 @@ GLOBAL_BN_REESTIMATE = False
 """Global policy: re-estimate the chosen units' BatchNorm statistics on the whole target images
 after fine-tuning the exported configuration (see _export_finetuned). Off: on the validation scans
 it cost 0.07-0.10 sDice at 5 and 12 slices (bench/results/choices-cpu.md)."""
+GATE_DRAWS: GateDraws = "batch"
+"""Global policy, while searching: one gate configuration per step (see spottune.py)."""
 GLOBAL_SEARCH_SHARE = 0.5
 """Global policy: share of the iterations spent searching the configuration; the rest fine-tunes the
 exported plain U-Net (the chosen configuration) as a unit."""
@@ -176,12 +178,14 @@ def adapt(
     device: torch.device | str | None = None,
     frozen_norm: FrozenNorm = FROZEN_NORM,
     global_bn_reestimate: bool = GLOBAL_BN_REESTIMATE,
+    gate_draws: GateDraws = GATE_DRAWS,
 ) -> AdaptResult:
     """Adapt `base` (described by `config`, not modified) to the annotated slices of `train`.
 
     `unlabelled` target volumes are used only by AdaBN and the global policy's BatchNorm
     re-estimation (with the train volumes' slices). `frozen_norm`: SpotTUnet only, see spottune.py.
-    `global_bn_reestimate`: global policy only, see _export_finetuned.
+    `global_bn_reestimate`: global policy only, see _export_finetuned. `gate_draws`: global
+    policy only, see spottune.py.
     Raises Cancelled if should_stop() returns True, ValueError for an unknown method or bad input.
     """
     if method not in METHODS:
@@ -194,7 +198,7 @@ def adapt(
 
     if method == "spottune":
         return _adapt_spottune(base, config, train, options, unlabelled, progress, should_stop,
-                               device, frozen_norm, global_bn_reestimate)
+                               device, frozen_norm, global_bn_reestimate, gate_draws)
 
     model = copy.deepcopy(base).to(device)
     if options.adabn:
@@ -288,6 +292,7 @@ def _adapt_spottune(
     device: torch.device,
     frozen_norm: FrozenNorm,
     global_bn_reestimate: bool = GLOBAL_BN_REESTIMATE,
+    gate_draws: GateDraws = GATE_DRAWS,
 ) -> AdaptResult:
     multiple = config.size_multiple
     patch = _patch_size(options.patch_size, train, multiple)
@@ -303,7 +308,7 @@ def _adapt_spottune(
         reestimate_batchnorm(base, [*unlabelled, *train], multiple=multiple, device=device)
     stride = agent_stride_for(patch) if options.policy == "instance" else None
     model = SpotTUNet(base, options.policy, options.temperature, agent_stride=stride,
-                      frozen_norm=frozen_norm).to(device)
+                      frozen_norm=frozen_norm, gate_draws=gate_draws).to(device)
     search = options.iterations
     if options.policy == "global":
         search = max(1, round(GLOBAL_SEARCH_SHARE * options.iterations))

@@ -226,3 +226,45 @@ def test_instance_inference_runs_each_slice_through_its_twin_only() -> None:
             hook.remove()
     trainable_rows = int(gates[:, split[0]].sum())
     assert seen == {"frozen": [6 - trainable_rows], "trainable": [trainable_rows]}
+
+
+@pytest.mark.parametrize("gate_draws", ["batch", "slice"])
+def test_global_policy_draws_per_batch_or_per_slice(gate_draws: str) -> None:
+    """A global policy draws one configuration for the whole batch, or (gate_draws "slice") one per
+    slice from the same logits; either way the policy's gradient is that of the plain expression
+    over the gates drawn, and in eval mode every slice gets the argmax configuration."""
+    model = _perturbed(SpotTUNet(tiny_base(), "global", temperature=1.0,
+                                 gate_draws=gate_draws), 5)  # type: ignore[arg-type]
+    model.train()
+    x = torch.rand(8, 1, 32, 32)
+    y = (torch.rand(8, 1, 32, 32) > 0.5).float()
+    params = [*model.trainable.parameters(), *model.policy.parameters()]
+
+    def gradients(forward: object) -> tuple[list[torch.Tensor], torch.Tensor]:
+        torch.manual_seed(11)  # the same Gumbel draws for both
+        logits, gates = forward()  # type: ignore[operator]
+        loss = F.binary_cross_entropy_with_logits(logits, y) + 0.01 * gates.mean()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        pairs = zip(grads, params, strict=True)
+        return [g if g is not None else torch.zeros_like(p) for g, p in pairs], gates.detach()
+
+    got, gates = gradients(lambda: model.forward_with_gates(x))
+
+    def plain() -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model.gate_logits(x)
+        if gate_draws == "slice":
+            logits = logits.expand(x.shape[0], -1, -1)
+        drawn = sample_gates(logits, model.temperature, True).expand(x.shape[0], -1)
+        return _plain_forward(model, x, drawn), drawn
+
+    expected, _ = gradients(plain)
+    distinct = len({tuple(row) for row in gates.tolist()})
+    # 8 draws of 14 fair coins: all equal has probability ~2**-98
+    assert distinct == (1 if gate_draws == "batch" else 8)
+    assert got[-1].abs().sum() > 0  # the policy's logits get a gradient
+    for mine, reference in zip(got, expected, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-6)
+    model.eval()
+    with torch.no_grad():
+        _, eval_gates = model.forward_with_gates(x)
+    assert (eval_gates == model.global_decisions().float()).all()
