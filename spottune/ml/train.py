@@ -81,7 +81,10 @@ GLOBAL_BN_REESTIMATE = False
 after fine-tuning the exported configuration (see _export_finetuned). Off: on the validation scans
 it cost 0.07-0.10 sDice at 5 and 12 slices (bench/results/choices-cpu.md)."""
 GATE_DRAWS: GateDraws = "batch"
-"""Global policy, while searching: one gate configuration per step (see spottune.py)."""
+"""Global policy, while searching: one gate configuration per step (see spottune.py). One per slice
+scored -0.007 [-0.022, +0.007] / -0.005 [-0.016, +0.004] sDice on the validation scans at 200 /
+800 iterations (12 slices, paired; bench/results/replicates-global-slice-*.md), with replicate
+agreement no higher, at 1.6x the step's cost."""
 GLOBAL_SEARCH_SHARE = 0.5
 """Global policy: share of the iterations spent searching the configuration; the rest fine-tunes the
 exported plain U-Net (the chosen configuration) as a unit."""
