@@ -1,0 +1,34 @@
+"""The adaptation benchmark's cache keys: a setting added later keys only the runs it changes."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from adaptation_profiles import PROFILES  # noqa: E402
+from adaptation_runs import _method_settings, unit_key  # noqa: E402
+
+SETTINGS = {"adapt_iterations": 200, "adapt_learning_rate": None, "policy_learning_rate": None,
+            "frozen_norm": "target", "unlabelled_volumes": None}
+
+
+def key(method: str, **profile_changes: object) -> str:
+    profile = dataclasses.replace(PROFILES["cpu"], **profile_changes)  # type: ignore[arg-type]
+    settings = _method_settings(method, SETTINGS, profile)
+    return unit_key({"kind": "adapt", "method": method, **settings})
+
+
+def test_gate_draws_per_slice_reruns_the_global_policy_only() -> None:
+    assert key("spottune-global", gate_draws="slice") != key("spottune-global")
+    for method in ("spottune", "finetune-all", "finetune-first"):
+        assert key(method, gate_draws="slice") == key(method)
+
+
+def test_the_default_gate_draws_keep_earlier_keys() -> None:
+    profile = PROFILES["cpu"]
+    assert profile.gate_draws == "batch"
+    settings = _method_settings("spottune-global", SETTINGS, profile)
+    assert "gate_draws" not in settings  # units cached before the setting existed still match
