@@ -84,7 +84,7 @@ GATE_DRAWS: GateDraws = "batch"
 """Global policy, while searching: one gate configuration per step (see spottune.py). One per slice
 scored -0.007 [-0.022, +0.007] / -0.005 [-0.016, +0.004] sDice on the validation scans at 200 /
 800 iterations (12 slices, paired; bench/results/replicates-global-slice-*.md), with replicate
-agreement no higher, at 1.6x the step's cost."""
+agreement no higher, and the whole adaptation took 1.8-2.2x as long."""
 GLOBAL_SEARCH_SHARE = 0.5
 """Global policy: share of the iterations spent searching the configuration; the rest fine-tunes the
 exported plain U-Net (the chosen configuration) as a unit."""
