@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                         "paper's value for the budget]")
     parser.add_argument("--temperature", type=float,
                         help="SpotTUnet's Gumbel-softmax temperature [profile's]")
+    parser.add_argument("--policy-start", choices=("random", "neutral"),
+                        help="spottune: the instance agent's initial head [profile's]")
     parser.add_argument("--gate-draws", choices=("batch", "slice"),
                         help="spottune-global: gate configurations per step [profile's]")
     parser.add_argument("--global-bn-reestimate", action=argparse.BooleanOptionalAction,
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["methods"] = tuple(args.methods.split(","))
     for field in ("seeds_per_fold", "adapt_iterations", "adapt_learning_rate",
                   "policy_learning_rate", "frozen_norm", "global_bn_reestimate", "lambda_reg",
-                  "temperature", "replicates", "gate_draws"):
+                  "temperature", "replicates", "gate_draws", "policy_start"):
         if getattr(args, field) is not None:
             overrides[field] = getattr(args, field)
     profile = dataclasses.replace(profile, **overrides)

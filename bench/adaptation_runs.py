@@ -149,6 +149,8 @@ def _method_settings(method: str, settings: dict[str, Any], profile: Profile) ->
         settings["lambda_reg"] = profile.lambda_reg
     if profile.temperature != TEMPERATURE:
         settings["temperature"] = profile.temperature
+    if method == "spottune" and profile.policy_start != "random":
+        settings["policy_start"] = profile.policy_start
     if method == "spottune-global" and profile.gate_draws != "batch":
         settings["gate_draws"] = profile.gate_draws
     if method == "spottune-global" and not profile.global_bn_reestimate:
@@ -321,7 +323,8 @@ class Runner:
                        # absent from a key: the unit was made when re-estimation was on
                        global_bn_reestimate=unit.get("global_bn_reestimate", True),
                        # absent from a key: one gate configuration per step
-                       gate_draws=unit.get("gate_draws", "batch"))
+                       gate_draws=unit.get("gate_draws", "batch"),
+                       policy_start=unit.get("policy_start", "random"))
         seconds = time.monotonic() - t0
         losses = np.array([h["loss"] for h in result.history])
         curve = ([float(w.mean()) for w in np.array_split(losses, CURVE_POINTS) if w.size]

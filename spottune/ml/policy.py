@@ -7,6 +7,8 @@ hard decisions: straight-through Gumbel-softmax while training, argmax (no noise
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 from spottune.contract import PolicyKind
 
 FROZEN, TRAINABLE = 0, 1  # positions in the last axis of policy logits
+PolicyStart = Literal["random", "neutral"]
 
 AGENT_INPUT_SIZE = 32
 """The agent sees its input average-pooled so that a training patch becomes about 32x32 pixels (a
@@ -57,11 +60,15 @@ class InstancePolicy(nn.Module):
     conv 3x3 C->32, three basic blocks 64/128/256 (stride 2), global average pool, linear to
     2 * n_gates. Inputs are first average-pooled by `stride` (see agent_stride_for); with
     stride None (models saved before the stride existed) any input larger than AGENT_INPUT_SIZE is
-    pooled to AGENT_INPUT_SIZE, whatever its size.
+    pooled to AGENT_INPUT_SIZE, whatever its size. `start`: "random" initialises the head as
+    any linear layer (the reference code's), so an untrained agent already leans, per gate, one
+    way or the other (mean |2p - 1| about 0.2) and each seed leans differently; "neutral" starts
+    it at zero, p = 0.5 for every gate and slice, so only training makes it lean.
     forward(x [B, C, H, W]) -> logits [B, n_gates, 2].
     """
 
-    def __init__(self, n_gates: int, in_channels: int = 1, stride: int | None = None) -> None:
+    def __init__(self, n_gates: int, in_channels: int = 1, stride: int | None = None,
+                 start: PolicyStart = "random") -> None:
         super().__init__()
         self.n_gates = n_gates
         self.stride = stride
@@ -72,6 +79,9 @@ class InstancePolicy(nn.Module):
             _AgentBlock(32, 64), _AgentBlock(64, 128), _AgentBlock(128, 256)
         )
         self.head = nn.Linear(256, 2 * n_gates)
+        if start == "neutral":  # every slice starts at p = 0.5 for every gate
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride is not None:
@@ -116,10 +126,13 @@ class FixedPolicy(nn.Module):
 
 
 def make_policy(
-    kind: PolicyKind, n_gates: int, in_channels: int = 1, agent_stride: int | None = None
+    kind: PolicyKind, n_gates: int, in_channels: int = 1, agent_stride: int | None = None,
+    start: PolicyStart = "random",
 ) -> nn.Module:
+    """The policy of `kind`; `start`: the instance agent's initial head (the global policy always
+    starts at p = 0.5)."""
     if kind == "instance":
-        return InstancePolicy(n_gates, in_channels, agent_stride)
+        return InstancePolicy(n_gates, in_channels, agent_stride, start)
     if kind == "global":
         return GlobalPolicy(n_gates)
     raise ValueError(f"unknown policy {kind!r}; expected 'instance' or 'global'")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from spottune.ml.network import UNet, check_input_size
-from spottune.ml.policy import FixedPolicy, PolicyKind, make_policy, sample_gates
+from spottune.ml.policy import FixedPolicy, PolicyKind, PolicyStart, make_policy, sample_gates
 
 FrozenNorm = Literal["source", "target"]
 GateDraws = Literal["batch", "slice"]
@@ -115,6 +115,8 @@ class SpotTUNet(nn.Module):
         frozen_norm: how frozen twins normalise, "source" or "target" (see the module docstring).
         gate_draws: global policy, training: one gate configuration per "batch" or per "slice"
             (see the module docstring).
+        policy_start: instance policy: the agent's initial head, "random" or "neutral"
+            (see policy.InstancePolicy).
 
     State-dict layout: `frozen.<gate>.*`, `trainable.<gate>.*`, `policy.*`.
     """
@@ -128,6 +130,7 @@ class SpotTUNet(nn.Module):
         agent_stride: int | None = None,
         frozen_norm: FrozenNorm = "source",
         gate_draws: GateDraws = "batch",
+        policy_start: PolicyStart = "random",
     ):
         super().__init__()
         self.policy_kind: PolicyKind = "global" if isinstance(policy, Tensor) else policy
@@ -141,7 +144,8 @@ class SpotTUNet(nn.Module):
         self._gate_index = {name: i for i, name in enumerate(self.gate_names)}
         self.policy: nn.Module = (
             FixedPolicy(policy) if isinstance(policy, Tensor)
-            else make_policy(policy, len(self.gate_names), base.in_channels, agent_stride)
+            else make_policy(policy, len(self.gate_names), base.in_channels, agent_stride,
+                             policy_start)
         )
         self.train(base.training)
 

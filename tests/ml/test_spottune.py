@@ -268,3 +268,25 @@ def test_global_policy_draws_per_batch_or_per_slice(gate_draws: str) -> None:
     with torch.no_grad():
         _, eval_gates = model.forward_with_gates(x)
     assert (eval_gates == model.global_decisions().float()).all()
+
+
+def test_a_neutral_instance_policy_starts_undecided_and_learns_to_lean() -> None:
+    """With policy_start "neutral" every slice starts at p = 0.5 for every gate (a random head
+    already leans, differently per slice); a few policy steps make it lean."""
+    from spottune.ml.policy import trainable_probability
+
+    x = torch.rand(6, 1, 32, 32) * torch.arange(1, 7).view(6, 1, 1, 1)
+    leaning = SpotTUNet(tiny_base(), "instance").train()
+    assert (trainable_probability(leaning.gate_logits(x)) - 0.5).abs().max() > 0.01
+    model = SpotTUNet(tiny_base(), "instance", policy_start="neutral").train()
+    torch.testing.assert_close(trainable_probability(model.gate_logits(x)),
+                               torch.full((6, model.n_gates), 0.5))
+    optimizer = torch.optim.SGD(model.policy.parameters(), lr=0.5)
+    torch.manual_seed(0)
+    for _ in range(5):
+        optimizer.zero_grad()
+        _, gates = model.forward_with_gates(x)
+        gates.mean().backward()  # reward choosing the frozen twin
+        optimizer.step()
+    after = trainable_probability(model.gate_logits(x))
+    assert after.mean() < 0.45
