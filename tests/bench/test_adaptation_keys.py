@@ -32,3 +32,10 @@ def test_the_default_gate_draws_keep_earlier_keys() -> None:
     assert profile.gate_draws == "batch"
     settings = _method_settings("spottune-global", SETTINGS, profile)
     assert "gate_draws" not in settings  # units cached before the setting existed still match
+
+
+def test_a_neutral_policy_start_reruns_the_instance_policy_only() -> None:
+    assert key("spottune", policy_start="neutral") != key("spottune")
+    for method in ("spottune-global", "finetune-all", "finetune-last"):
+        assert key(method, policy_start="neutral") == key(method)
+    assert "policy_start" not in _method_settings("spottune", SETTINGS, PROFILES["cpu"])
