@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                         "repeat: per method, the first that ran it)")
     parser.add_argument("--versus", action="append", default=[],
                         help="CONFIG=BASELINE: compare CONFIG with BASELINE instead (may repeat)")
+    parser.add_argument("--budgets", help="comma-separated budgets to table, e.g. 5,12 (a "
+                        "configuration still running covers only some) [all]")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     configs = {}
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"{sorted(unknown)} are not among the configurations")
     table = compare(configs, args.methods.split(","), args.baseline, versus)
+    if args.budgets:
+        table = [row for row in table if str(row["budget"]) in args.budgets.split(",")]
     sources = {label: {"file": item.partition("=")[2], "complete": configs[label]["complete"],
                        "settings": configs[label]["settings"]}
                for label, item in zip(configs, args.configs, strict=True)}
