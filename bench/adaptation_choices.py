@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{sorted(unknown)} are not among the configurations")
     table = compare(configs, args.methods.split(","), args.baseline, versus)
     if args.budgets:
-        table = [row for row in table if str(row["budget"]) in args.budgets.split(",")]
+        budgets = args.budgets.split(",")
+        table = [row for row in table if str(row["budget"]) in budgets]
     sources = {label: {"file": item.partition("=")[2], "complete": configs[label]["complete"],
                        "settings": configs[label]["settings"]}
                for label, item in zip(configs, args.configs, strict=True)}

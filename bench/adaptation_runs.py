@@ -35,6 +35,17 @@ from spottune.ml.train import (
 from spottune.ml.volumes import Volume, load_mask, load_volume
 
 TEMPERATURE: float = AdaptOptions.model_fields["temperature"].default
+SPOTTUNE = tuple(m for m in ADAPT_METHODS if m.startswith("spottune"))  # every gated method
+ADDED_LATER: dict[str, tuple[tuple[str, ...], Any]] = {
+    "lambda_reg": (SPOTTUNE, None),  # None: the paper's lambda for the budget
+    "temperature": (SPOTTUNE, TEMPERATURE),
+    "policy_start": (("spottune",), "random"),
+    "gate_draws": (("spottune-global",), "batch"),
+    "global_bn_reestimate": (("spottune-global",), True),
+}
+"""Profile settings added after the first units were cached: (the methods that read one, the value
+every earlier unit ran with). A unit's key holds such a setting only where it differs from that
+value, so earlier units keep their keys, and a unit without it ran with that value."""
 
 log = logging.getLogger("bench.adaptation")
 PROTOCOL = "v2"
@@ -145,16 +156,10 @@ def _method_settings(method: str, settings: dict[str, Any], profile: Profile) ->
                            learning_rate=profile.adapt_learning_rate,
                            policy_learning_rate=profile.policy_learning_rate)
     settings = {**settings, "policy_learning_rate": policy_learning_rate(options)}
-    if profile.lambda_reg is not None:
-        settings["lambda_reg"] = profile.lambda_reg
-    if profile.temperature != TEMPERATURE:
-        settings["temperature"] = profile.temperature
-    if method == "spottune" and profile.policy_start != "random":
-        settings["policy_start"] = profile.policy_start
-    if method == "spottune-global" and profile.gate_draws != "batch":
-        settings["gate_draws"] = profile.gate_draws
-    if method == "spottune-global" and not profile.global_bn_reestimate:
-        return {**settings, "global_bn_reestimate": False}
+    for name, (methods, earlier) in ADDED_LATER.items():
+        value = getattr(profile, name)
+        if method in methods and value != earlier:
+            settings[name] = value
     return settings
 
 
@@ -303,6 +308,7 @@ class Runner:
         n_axis = volume.shape[slice_voxel_axis(volume, self.prep)]
         slices = every_kth(n_axis, unit["budget"])
         method, extra = ADAPT_METHODS[unit["method"]]
+        later = {name: unit.get(name, earlier) for name, (_, earlier) in ADDED_LATER.items()}
         options = AdaptOptions(
             iterations=unit["adapt_iterations"], batch_size=self.profile.batch_size,
             learning_rate=unit["adapt_learning_rate"],
@@ -310,9 +316,7 @@ class Runner:
             # replicate r: adaptation seed seed + r, as spottune.ml.replicates derives them (the
             # source model, training subject, slices and unlabelled scans stay the split's)
             patch_size=self.profile.patch_size, seed=unit["seed"] + unit.get("replicate", 0),
-            # absent from a key: the paper's lambda for the budget, the default temperature
-            lambda_reg=unit.get("lambda_reg"), temperature=unit.get("temperature", TEMPERATURE),
-            **extra)
+            lambda_reg=later["lambda_reg"], temperature=later["temperature"], **extra)
         needs_unlabelled = options.adabn or options.policy == "global"
         unlabelled = ([self._prepared(s, labelled=False) for s in unit["unlabelled_ids"]]
                       if needs_unlabelled and method == "spottune" else [])
@@ -320,11 +324,8 @@ class Runner:
         result = adapt(base, config, [self._prepared(unit["train_id"], slices)], method,
                        options, unlabelled=unlabelled, device=self.device,
                        frozen_norm=unit["frozen_norm"],
-                       # absent from a key: the unit was made when re-estimation was on
-                       global_bn_reestimate=unit.get("global_bn_reestimate", True),
-                       # absent from a key: one gate configuration per step
-                       gate_draws=unit.get("gate_draws", "batch"),
-                       policy_start=unit.get("policy_start", "random"))
+                       global_bn_reestimate=later["global_bn_reestimate"],
+                       gate_draws=later["gate_draws"], policy_start=later["policy_start"])
         seconds = time.monotonic() - t0
         losses = np.array([h["loss"] for h in result.history])
         curve = ([float(w.mean()) for w in np.array_split(losses, CURVE_POINTS) if w.size]
