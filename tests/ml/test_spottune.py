@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -166,6 +168,21 @@ def _perturbed(model: SpotTUNet, seed: int) -> SpotTUNet:
     return model
 
 
+Forward = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _gradients(forward: Forward, y: torch.Tensor, params: list[torch.Tensor],
+               seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Gradients of a BCE loss plus a small gate term w.r.t. `params` (zeros where unused), and
+    the gates drawn; `seed` fixes the Gumbel draws, so two forwards compared draw alike."""
+    torch.manual_seed(seed)
+    logits, gates = forward()
+    loss = F.binary_cross_entropy_with_logits(logits, y) + 0.01 * gates.mean()
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    pairs = zip(grads, params, strict=True)
+    return [g if g is not None else torch.zeros_like(p) for g, p in pairs], gates.detach()
+
+
 @pytest.mark.parametrize("frozen_norm", ["source", "target"])
 def test_instance_training_gradients_equal_the_plain_expression(frozen_norm: str) -> None:
     """Each slice back-propagates through the frozen twin only where it chose it, yet every
@@ -176,24 +193,13 @@ def test_instance_training_gradients_equal_the_plain_expression(frozen_norm: str
     x = torch.rand(8, 1, 32, 32, requires_grad=True)
     y = (torch.rand(8, 1, 32, 32) > 0.5).float()
     params = [*model.trainable.parameters(), *model.policy.parameters(), x]
-
-    def gradients(forward: object) -> list[torch.Tensor]:
-        torch.manual_seed(7)  # the same Gumbel draws for both
-        logits, gates = forward()  # type: ignore[operator]
-        loss = F.binary_cross_entropy_with_logits(logits, y) + 0.01 * gates.mean()
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        pairs = zip(grads, params, strict=True)
-        return [g if g is not None else torch.zeros_like(p) for g, p in pairs]
-
-    got = gradients(lambda: model.forward_with_gates(x))
+    got, gates = _gradients(lambda: model.forward_with_gates(x), y, params, seed=7)
 
     def plain() -> tuple[torch.Tensor, torch.Tensor]:
         gates = sample_gates(model.gate_logits(x), model.temperature, True)
         return _plain_forward(model, x, gates), gates
 
-    expected = gradients(plain)
-    torch.manual_seed(7)
-    _, gates = model.forward_with_gates(x)
+    expected, _ = _gradients(plain, y, params, seed=7)
     mixed = (gates.sum(0) > 0) & (gates.sum(0) < 8)
     assert int(mixed.sum()) >= model.n_gates // 2  # most gates split the batch between twins
     assert any(g.abs().sum() > 0 for g in got[-1:])  # the input's gradient is not trivially 0
@@ -239,16 +245,7 @@ def test_global_policy_draws_per_batch_or_per_slice(gate_draws: str) -> None:
     x = torch.rand(8, 1, 32, 32)
     y = (torch.rand(8, 1, 32, 32) > 0.5).float()
     params = [*model.trainable.parameters(), *model.policy.parameters()]
-
-    def gradients(forward: object) -> tuple[list[torch.Tensor], torch.Tensor]:
-        torch.manual_seed(11)  # the same Gumbel draws for both
-        logits, gates = forward()  # type: ignore[operator]
-        loss = F.binary_cross_entropy_with_logits(logits, y) + 0.01 * gates.mean()
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        pairs = zip(grads, params, strict=True)
-        return [g if g is not None else torch.zeros_like(p) for g, p in pairs], gates.detach()
-
-    got, gates = gradients(lambda: model.forward_with_gates(x))
+    got, gates = _gradients(lambda: model.forward_with_gates(x), y, params, seed=11)
 
     def plain() -> tuple[torch.Tensor, torch.Tensor]:
         logits = model.gate_logits(x)
@@ -257,7 +254,7 @@ def test_global_policy_draws_per_batch_or_per_slice(gate_draws: str) -> None:
         drawn = sample_gates(logits, model.temperature, True).expand(x.shape[0], -1)
         return _plain_forward(model, x, drawn), drawn
 
-    expected, _ = gradients(plain)
+    expected, _ = _gradients(plain, y, params, seed=11)
     distinct = len({tuple(row) for row in gates.tolist()})
     # 8 draws of 14 fair coins: all equal has probability ~2**-98
     assert distinct == (1 if gate_draws == "batch" else 8)
