@@ -11,7 +11,7 @@ probabilities: 0 = every gate a coin flip, 1 = every gate certain) and the polic
 across seeds and across sites. Writes bench/results/<name>.json and .md.
 
     python bench/adaptation_choices.py --name choices-policy-lr-cpu --baseline default \
-        default=bench/results/adaptation-cpu.json \
+        default=bench/results/adaptation-cpu-200.json \
         plr-0.05=bench/results/sweep-policy-lr-0.05.json
 """
 
