@@ -168,47 +168,51 @@ def policy_agreement(runs: Sequence[dict], method: str = "spottune") -> dict[str
     the adaptation seed differs: the service's `replicates` confidence). The `frequency_*` fields
     are the same over the per-gate fine-tune frequencies (None where no run has them)."""
     chosen = [r for r in runs if r["method"] == method and r.get("probability")]
-    same: list[float] = []
-    across: list[float] = []
-    replicates: list[float] = []
-    f_same: list[float] = []
-    f_across: list[float] = []
-    f_replicates: list[float] = []
+    # (comparison, readout) -> one Spearman correlation per pair of runs
+    found: dict[tuple[str, str], list[float]] = {
+        (comparison, readout): [] for comparison in ("same", "across", "replicates")
+        for readout in ("probability", "frequency")}
     for a, b in itertools.combinations(chosen, 2):
         if a["budget"] != b["budget"]:
             continue
-        rho = rank_agreement(a["probability"], b["probability"])
-        frequency = (rank_agreement(a["frequency"], b["frequency"])
-                     if a.get("frequency") and b.get("frequency") else None)
         same_pair = (a["source_site"], a["target_site"]) == (b["source_site"], b["target_site"])
         ra, rb = a.get("replicate", 0), b.get("replicate", 0)
         if ra == rb == 0:
             if same_pair and a["seed"] != b["seed"]:
-                groups = (same, f_same)
+                comparison = "same"
             elif not same_pair and a["seed"] == b["seed"]:
-                groups = (across, f_across)
+                comparison = "across"
             else:
                 continue
         elif (same_pair and ra != rb and a.get("fold") == b.get("fold")
               and a["seed"] == b["seed"]):
-            groups = (replicates, f_replicates)
+            comparison = "replicates"
         else:
             continue
-        for values, value in zip(groups, (rho, frequency), strict=True):
-            if value is not None:
-                values.append(value)
+        for readout in ("probability", "frequency"):
+            if a.get(readout) and b.get(readout):
+                rho = rank_agreement(a[readout], b[readout])
+                if rho is not None:
+                    found[comparison, readout].append(rho)
 
-    def mean(values: list[float]) -> float | None:
+    def mean(comparison: str, readout: str) -> float | None:
+        values = found[comparison, readout]
         return float(np.mean(values)) if values else None
 
-    return {"same_site_across_seeds": mean(same), "across_sites": mean(across),
-            "n_same_site": len(same), "n_across_sites": len(across),
-            "same_source_across_replicates": mean(replicates), "n_same_source": len(replicates),
-            "frequency_same_site_across_seeds": mean(f_same),
-            "frequency_across_sites": mean(f_across),
-            "frequency_same_source_across_replicates": mean(f_replicates),
-            "n_frequency_same_site": len(f_same), "n_frequency_across_sites": len(f_across),
-            "n_frequency_same_source": len(f_replicates)}
+    def n(comparison: str, readout: str) -> int:
+        return len(found[comparison, readout])
+
+    return {"same_site_across_seeds": mean("same", "probability"),
+            "across_sites": mean("across", "probability"),
+            "n_same_site": n("same", "probability"), "n_across_sites": n("across", "probability"),
+            "same_source_across_replicates": mean("replicates", "probability"),
+            "n_same_source": n("replicates", "probability"),
+            "frequency_same_site_across_seeds": mean("same", "frequency"),
+            "frequency_across_sites": mean("across", "frequency"),
+            "frequency_same_source_across_replicates": mean("replicates", "frequency"),
+            "n_frequency_same_site": n("same", "frequency"),
+            "n_frequency_across_sites": n("across", "frequency"),
+            "n_frequency_same_source": n("replicates", "frequency")}
 
 
 def replicate_spread(runs: Sequence[dict]) -> list[dict[str, Any]]:

@@ -86,11 +86,11 @@ scored -0.007 [-0.022, +0.007] / -0.005 [-0.016, +0.004] sDice on the validation
 800 iterations (12 slices, paired; bench/results/replicates-global-slice-*.md), with replicate
 agreement no higher, and the whole adaptation took 1.8-2.2x as long."""
 POLICY_START: PolicyStart = "random"
-"""Instance policy: how the agent's head starts (see policy.InstancePolicy). A neutral start (p = 0.5
-everywhere) changed nothing measurable at 200 iterations, 12 slices: validation sDice -0.000
-[-0.016, +0.014] paired, replicate agreement 0.05 vs 0.03, and the gates ended as decided (mean
-|2p - 1| 0.90 vs 0.86; bench/results/replicates-neutral-200.md): the agent's policy saturates in
-training whatever its start, so its initial lean is not why replicates disagree."""
+"""Instance policy: how the agent's head starts (see policy.InstancePolicy). A neutral start
+(p = 0.5 everywhere) changed nothing measurable at 200 iterations, 12 slices: validation sDice
+-0.000 [-0.016, +0.014] paired, replicate agreement 0.05 vs 0.03, and the gates ended as decided
+(mean |2p - 1| 0.90 vs 0.86; bench/results/replicates-neutral-200.md): the agent's policy
+saturates in training whatever its start, so its initial lean is not why replicates disagree."""
 GLOBAL_SEARCH_SHARE = 0.5
 """Global policy: share of the iterations spent searching the configuration; the rest fine-tunes the
 exported plain U-Net (the chosen configuration) as a unit."""
