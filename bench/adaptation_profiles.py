@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spottune.ml.train import SHORT_SCHEDULE_LAMBDA
+
 WHOLE_VOLUME = "volume"
 Budget = int | str  # a number of annotated slices (every k-th slice), or WHOLE_VOLUME
 
@@ -82,12 +84,15 @@ PROFILES: dict[str, Profile] = {
     # rates those budgets get by default (train.default_learning_rate: network 0.023 and policy
     # 0.036 at 400 iterations). 400 adaptation iterations, not 200: on the validation scans every
     # method gained at every budget (+0.006 to +0.046, bench/results/choices-iterations-cpu.md).
+    # SpotTUnet's lambda: the library's default for 400 iterations, explicit so that the units
+    # run before it (the paper's value, no lambda_reg in their keys) keep their keys; with
+    # --adapt-iterations it stays this value unless --lambda-reg is given.
     "cpu": Profile(
         spacing_mm=(2.0, 2.0), width=8, blocks_per_stage=1, patch_size=64, batch_size=8,
         source_iterations=1000, source_learning_rate=0.05, adapt_iterations=400,
         adapt_learning_rate=None, policy_learning_rate=None, budgets=(5, 12, 45, WHOLE_VOLUME),
         seeds_per_fold=1, pairs=CPU_PAIRS, validation_per_fold=2, unlabelled_volumes=2,
-        methods=(*FIXED_METHODS, "spottune", "spottune-global"),
+        methods=(*FIXED_METHODS, "spottune", "spottune-global"), lambda_reg=SHORT_SCHEDULE_LAMBDA,
     ),
     # the reference: 0.95 mm, 256x256 patches, 100x100 batches of 16 (source), 60x100 (adaptation)
     "paper": Profile(

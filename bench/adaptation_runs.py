@@ -29,6 +29,7 @@ from spottune.ml.train import (
     AdaptOptions,
     SourceOptions,
     adapt,
+    paper_lambda,
     policy_learning_rate,
     train_source,
 )
@@ -37,7 +38,7 @@ from spottune.ml.volumes import Volume, load_mask, load_volume
 TEMPERATURE: float = AdaptOptions.model_fields["temperature"].default
 SPOTTUNE = tuple(m for m in ADAPT_METHODS if m.startswith("spottune"))  # every gated method
 ADDED_LATER: dict[str, tuple[tuple[str, ...], Any]] = {
-    "lambda_reg": (SPOTTUNE, None),  # None: the paper's lambda for the budget
+    "lambda_reg": (SPOTTUNE, None),  # None: the paper's lambda for the budget (paper_lambda)
     "temperature": (SPOTTUNE, TEMPERATURE),
     "policy_start": (("spottune",), "random"),
     "gate_draws": (("spottune-global",), "batch"),
@@ -309,6 +310,11 @@ class Runner:
         slices = every_kth(n_axis, unit["budget"])
         method, extra = ADAPT_METHODS[unit["method"]]
         later = {name: unit.get(name, earlier) for name, (_, earlier) in ADDED_LATER.items()}
+        train = self._prepared(unit["train_id"], slices)
+        # a unit without lambda_reg ran with the paper's value for its budget (the library's
+        # default before it followed the iteration budget), whatever the default is now
+        lambda_reg = (later["lambda_reg"] if later["lambda_reg"] is not None
+                      else paper_lambda(int(train.annotated.sum())))
         options = AdaptOptions(
             iterations=unit["adapt_iterations"], batch_size=self.profile.batch_size,
             learning_rate=unit["adapt_learning_rate"],
@@ -316,12 +322,12 @@ class Runner:
             # replicate r: adaptation seed seed + r, as spottune.ml.replicates derives them (the
             # source model, training subject, slices and unlabelled scans stay the split's)
             patch_size=self.profile.patch_size, seed=unit["seed"] + unit.get("replicate", 0),
-            lambda_reg=later["lambda_reg"], temperature=later["temperature"], **extra)
+            lambda_reg=lambda_reg, temperature=later["temperature"], **extra)
         needs_unlabelled = options.adabn or options.policy == "global"
         unlabelled = ([self._prepared(s, labelled=False) for s in unit["unlabelled_ids"]]
                       if needs_unlabelled and method == "spottune" else [])
         t0 = time.monotonic()
-        result = adapt(base, config, [self._prepared(unit["train_id"], slices)], method,
+        result = adapt(base, config, [train], method,
                        options, unlabelled=unlabelled, device=self.device,
                        frozen_norm=unit["frozen_norm"],
                        global_bn_reestimate=later["global_bn_reestimate"],

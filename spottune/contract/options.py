@@ -58,8 +58,10 @@ class AdaptationOptions(StrictModel):
                                        description="Weight decay of the policy's optimiser.")
     lambda_reg: float | None = Field(
         default=None, ge=0.0, le=100.0,
-        description="Weight of the penalty on choosing trainable blocks; unset: the paper's "
-                    "value for the number of annotated slices.")
+        description="Weight of the penalty on choosing trainable blocks; unset: derived from "
+                    "the iteration budget by the training code (0.1 up to 400 iterations, chosen "
+                    "on validation data; the paper's value for the number of annotated slices "
+                    "from 6000).")
     policy: PolicyKind = Field(
         default="instance",
         description="SpotTUnet policy: 'instance' chooses per slice, 'global' once per block "

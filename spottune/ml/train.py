@@ -47,7 +47,7 @@ from spottune.ml.spottune import FrozenNorm, GateDraws, SpotTUNet
 
 __all__ = [
     "METHODS", "AdaptOptions", "AdaptResult", "Cancelled", "PolicyRecord", "Progress",
-    "SourceOptions", "adapt", "default_lambda", "policy_record", "train_source",
+    "SourceOptions", "adapt", "default_lambda", "paper_lambda", "policy_record", "train_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,15 @@ LAMBDA_BY_SLICES: dict[int, float] = {
 # at 0.01 for every method there; policy 0.05, which beat 0.5 - the paper's 10x ratio - by 0.05
 # sDice at 5 and 12 slices, with less saturated gates; bench/results/choices-cpu.md).
 LR_ANCHORS = ((200, 0.05), (6000, 1e-3))
+SHORT_SCHEDULE_LAMBDA = 0.1
+"""SpotTUnet's penalty on choosing trainable twins for schedules of up to 400 iterations, chosen
+on the benchmark's validation scans at 400 iterations, 5 and 12 slices, both policies
+(bench/results/choices-lambda-cpu.md): the paper's values (0.010 / 0.012 there, tuned for its
+6000-10000 GPU iterations) left the penalty too weak to matter - 0 scored the same - while 0.1
+raised validation sDice by +0.030 / +0.016 (instance) and +0.024 / +0.011 (global) and made the
+instance policy fine-tune about a quarter of its blocks, mostly the encoder's, instead of about
+half (see default_lambda)."""
+LAMBDA_ANCHOR_ITERATIONS = (400, 6000)
 POLICY_LR_ANCHORS = ((200, 0.05), (6000, 1e-2))
 FROZEN_NORM: FrozenNorm = "target"
 """How SpotTUnet's frozen twins normalise while adapting (see spottune.py): with batch statistics,
@@ -113,13 +122,23 @@ def default_policy_learning_rate(iterations: int) -> float:
     return _log_linear(POLICY_LR_ANCHORS, iterations)
 
 
-def default_lambda(n_slices: int) -> float:
+def paper_lambda(n_slices: int) -> float:
     """The paper's lambda for the budget nearest to `n_slices` (nearest on a log scale, since the
     budgets are roughly geometric)."""
     if n_slices < 1:
         raise ValueError(f"n_slices must be positive, got {n_slices}")
     nearest = min(LAMBDA_BY_SLICES, key=lambda budget: abs(math.log(n_slices / budget)))
     return LAMBDA_BY_SLICES[nearest]
+
+
+def default_lambda(n_slices: int, iterations: int = LAMBDA_ANCHOR_ITERATIONS[1]) -> float:
+    """SpotTUnet's lambda for `n_slices` annotated slices and an adaptation of `iterations`
+    batches: SHORT_SCHEDULE_LAMBDA up to LAMBDA_ANCHOR_ITERATIONS[0], the paper's value
+    (paper_lambda) from LAMBDA_ANCHOR_ITERATIONS[1], linear in log(iterations) between."""
+    paper = paper_lambda(n_slices)
+    short, long = LAMBDA_ANCHOR_ITERATIONS
+    weight = min(1.0, max(0.0, math.log(long / max(iterations, 1)) / math.log(long / short)))
+    return float(weight * SHORT_SCHEDULE_LAMBDA + (1 - weight) * paper)
 
 
 # The options are the job contract's (spottune.contract); these names are kept for the callers
@@ -310,7 +329,7 @@ def _adapt_spottune(
     patch = _patch_size(options.patch_size, train, multiple)
     sampler = SliceSampler(train, patch, options.batch_size, options.seed)
     lambda_reg = (options.lambda_reg if options.lambda_reg is not None
-                  else default_lambda(sampler.n_annotated_slices))
+                  else default_lambda(sampler.n_annotated_slices, options.iterations))
     if options.adabn:
         # Once, before the twins are made: both start from target-domain statistics. Frozen twins
         # on source statistics (frozen_norm "source") then keep them; twins in train mode (the

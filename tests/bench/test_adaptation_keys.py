@@ -39,3 +39,14 @@ def test_a_neutral_policy_start_reruns_the_instance_policy_only() -> None:
     for method in ("spottune-global", "finetune-all", "finetune-last"):
         assert key(method, policy_start="neutral") == key(method)
     assert "policy_start" not in _method_settings("spottune", SETTINGS, PROFILES["cpu"])
+
+
+def test_the_profile_lambda_keys_the_spottune_runs_only() -> None:
+    # the cpu profile runs SpotTUnet at the library's short-schedule lambda: its units differ from
+    # those run at the paper's value (no lambda_reg in their keys); the fixed strategies' do not
+    profile = PROFILES["cpu"]
+    for method in ("spottune", "spottune-global"):
+        assert _method_settings(method, SETTINGS, profile)["lambda_reg"] == profile.lambda_reg
+        assert key(method) != key(method, lambda_reg=None)
+    for method in ("finetune-all", "finetune-first", "finetune-last"):
+        assert key(method) == key(method, lambda_reg=None)

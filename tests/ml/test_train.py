@@ -18,6 +18,7 @@ from spottune.ml.train import (
     SourceOptions,
     adapt,
     default_lambda,
+    paper_lambda,
     policy_record,
     train_source,
 )
@@ -44,7 +45,20 @@ def net(result: AdaptResult) -> UNet:
      (540, 0.005), (800, 0.0), (5000, 0.0)],
 )
 def test_default_lambda_follows_the_paper(n_slices: int, expected: float) -> None:
-    assert default_lambda(n_slices) == expected
+    assert paper_lambda(n_slices) == expected
+    # the paper's schedule (and anything longer) gets the paper's value
+    assert default_lambda(n_slices, 6000) == pytest.approx(expected)
+    assert default_lambda(n_slices, 20_000) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("n_slices", [5, 12, 90, 800])
+def test_a_short_schedule_gets_the_lambda_chosen_for_it(n_slices: int) -> None:
+    short = 0.1  # chosen on the benchmark's validation scans at 400 iterations
+    assert default_lambda(n_slices, 400) == pytest.approx(short)
+    assert default_lambda(n_slices, 50) == pytest.approx(short)
+    between = [default_lambda(n_slices, it) for it in (400, 800, 1600, 3200, 6000)]
+    assert between == sorted(between, reverse=True)  # falls toward the paper's value
+    assert paper_lambda(n_slices) < between[2] < short
 
 
 @pytest.mark.parametrize(
@@ -90,7 +104,8 @@ def test_spottune_instance_result(source: AdaptResult,
     result = adapt(net(source), source.config, target_volumes, "spottune", options)
     assert isinstance(result.model, SpotTUNet) and not result.model.training
     assert result.config.gating is not None and result.config.gating.policy == "instance"
-    assert result.lambda_reg == default_lambda(4)  # 12 slices, every 3rd annotated
+    # 12 slices, every 3rd annotated; a 3-iteration schedule gets the short-schedule lambda
+    assert result.lambda_reg == default_lambda(4, 3) == pytest.approx(0.1)
     assert result.policy is not None and len(result.policy.frequency) == 14
     record = policy_record(result.model, [v.image for v in target_volumes])
     assert all(0.0 <= f <= 1.0 for f in record.frequency + record.probability)
