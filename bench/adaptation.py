@@ -149,6 +149,10 @@ def _mean_sdice(scores: dict[str, dict[str, float]]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _lambda_reg(value: str) -> float | str:
+    return value if value == "paper" else float(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
@@ -162,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapt-learning-rate", type=float, help="[profile's; none: derived]")
     parser.add_argument("--policy-learning-rate", type=float, help="[profile's; none: derived]")
     parser.add_argument("--frozen-norm", choices=("source", "target"), help="[profile's]")
-    parser.add_argument("--lambda-reg", type=float,
-                        help="SpotTUnet's penalty on trainable-twin choices [profile's; none: the "
-                        "paper's value for the budget]")
+    parser.add_argument("--lambda-reg", type=_lambda_reg,
+                        help="SpotTUnet's penalty on trainable-twin choices, or 'paper': the "
+                        "paper's value for the budget [profile's]")
     parser.add_argument("--temperature", type=float,
                         help="SpotTUnet's Gumbel-softmax temperature [profile's]")
     parser.add_argument("--policy-start", choices=("random", "neutral"),
@@ -198,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides["budgets"] = tuple(parse_budget(b) for b in args.budgets.split(","))
     if args.methods:
         overrides["methods"] = tuple(args.methods.split(","))
+    if args.lambda_reg is not None:
+        overrides["lambda_reg"] = None if args.lambda_reg == "paper" else args.lambda_reg
     for field in ("seeds_per_fold", "adapt_iterations", "adapt_learning_rate",
-                  "policy_learning_rate", "frozen_norm", "global_bn_reestimate", "lambda_reg",
+                  "policy_learning_rate", "frozen_norm", "global_bn_reestimate",
                   "temperature", "replicates", "gate_draws", "policy_start"):
         if getattr(args, field) is not None:
             overrides[field] = getattr(args, field)
