@@ -67,6 +67,7 @@ LAMBDA_BY_SLICES: dict[int, float] = {
 # at 0.01 for every method there; policy 0.05, which beat 0.5 - the paper's 10x ratio - by 0.05
 # sDice at 5 and 12 slices, with less saturated gates; bench/results/choices-cpu.md).
 LR_ANCHORS = ((200, 0.05), (6000, 1e-3))
+POLICY_LR_ANCHORS = ((200, 0.05), (6000, 1e-2))
 SHORT_SCHEDULE_LAMBDA = 0.1
 """SpotTUnet's penalty on choosing trainable twins for schedules of up to 400 iterations, chosen
 on the benchmark's validation scans at 400 iterations, 5 and 12 slices, both policies
@@ -77,7 +78,6 @@ instance policy fine-tune about a quarter of its blocks, mostly the encoder's an
 residual blocks, instead of about half; 0.3 scored lower than 0.1 in 3 of the 4 (see
 default_lambda)."""
 LAMBDA_ANCHOR_ITERATIONS = (400, 6000)
-POLICY_LR_ANCHORS = ((200, 0.05), (6000, 1e-2))
 FROZEN_NORM: FrozenNorm = "target"
 """How SpotTUnet's frozen twins normalise while adapting (see spottune.py): with batch statistics,
 as the reference code did, so their running statistics follow the target domain. On the
@@ -132,7 +132,7 @@ def paper_lambda(n_slices: int) -> float:
     return LAMBDA_BY_SLICES[nearest]
 
 
-def default_lambda(n_slices: int, iterations: int = LAMBDA_ANCHOR_ITERATIONS[1]) -> float:
+def default_lambda(n_slices: int, iterations: int) -> float:
     """SpotTUnet's lambda for `n_slices` annotated slices and an adaptation of `iterations`
     batches: SHORT_SCHEDULE_LAMBDA up to LAMBDA_ANCHOR_ITERATIONS[0], the paper's value
     (paper_lambda) from LAMBDA_ANCHOR_ITERATIONS[1], linear in log(iterations) between."""
