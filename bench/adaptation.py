@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global-bn-reestimate", action=argparse.BooleanOptionalAction,
                         default=None, help="spottune-global: re-estimate the chosen units' "
                         "BatchNorm statistics on the target images after fine-tuning [profile's]")
+    parser.add_argument("--global-search-share", type=float,
+                        help="spottune-global: share of the iterations spent searching the "
+                        "configuration; the rest fine-tunes the exported one [profile's]")
     parser.add_argument("--replicates", type=int,
                         help="SpotTUnet adaptations per split, as the service's option: replicate "
                         "r trains with adaptation seed seed + r on the same source model and "
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["lambda_reg"] = None if args.lambda_reg == "paper" else args.lambda_reg
     for field in ("seeds_per_fold", "adapt_iterations", "adapt_learning_rate",
                   "policy_learning_rate", "frozen_norm", "global_bn_reestimate",
-                  "temperature", "replicates", "gate_draws", "policy_start"):
+                  "temperature", "replicates", "gate_draws", "policy_start",
+                  "global_search_share"):
         if getattr(args, field) is not None:
             overrides[field] = getattr(args, field)
     profile = dataclasses.replace(profile, **overrides)

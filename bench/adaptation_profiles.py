@@ -58,6 +58,7 @@ class Profile:
     temperature: float = 0.1  # SpotTUnet's Gumbel-softmax temperature (the reference code's)
     gate_draws: str = "batch"  # spottune-global: gate configurations per step (spottune.py)
     policy_start: str = "random"  # spottune (instance): the agent's initial head (policy.py)
+    global_search_share: float = 0.5  # spottune-global: share of iterations searching (train.py)
     # SpotTUnet adaptations per split, as the service's `replicates` option: replicate r trains
     # with adaptation seed seed + r on the same source model, training subject, annotated slices
     # and unlabelled scans (replicate 0 is the split's one run; the main table uses only it)

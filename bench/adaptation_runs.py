@@ -43,6 +43,7 @@ ADDED_LATER: dict[str, tuple[tuple[str, ...], Any]] = {
     "policy_start": (("spottune",), "random"),
     "gate_draws": (("spottune-global",), "batch"),
     "global_bn_reestimate": (("spottune-global",), True),
+    "global_search_share": (("spottune-global",), 0.5),
 }
 """Profile settings added after the first units were cached: (the methods that read one, the value
 every earlier unit ran with). A unit's key holds such a setting only where it differs from that
@@ -331,7 +332,8 @@ class Runner:
                        options, unlabelled=unlabelled, device=self.device,
                        frozen_norm=unit["frozen_norm"],
                        global_bn_reestimate=later["global_bn_reestimate"],
-                       gate_draws=later["gate_draws"], policy_start=later["policy_start"])
+                       gate_draws=later["gate_draws"], policy_start=later["policy_start"],
+                       global_search_share=later["global_search_share"])
         seconds = time.monotonic() - t0
         losses = np.array([h["loss"] for h in result.history])
         curve = ([float(w.mean()) for w in np.array_split(losses, CURVE_POINTS) if w.size]

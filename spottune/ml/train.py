@@ -103,7 +103,7 @@ POLICY_START: PolicyStart = "random"
 saturates in training whatever its start, so its initial lean is not why replicates disagree."""
 GLOBAL_SEARCH_SHARE = 0.5
 """Global policy: share of the iterations spent searching the configuration; the rest fine-tunes the
-exported plain U-Net (the chosen configuration) as a unit."""
+exported plain U-Net (the chosen configuration) as a unit (see _export_finetuned)."""
 
 
 def _log_linear(anchors: tuple[tuple[int, float], tuple[int, float]], iterations: int) -> float:
@@ -209,6 +209,7 @@ def adapt(
     global_bn_reestimate: bool = GLOBAL_BN_REESTIMATE,
     gate_draws: GateDraws = GATE_DRAWS,
     policy_start: PolicyStart = POLICY_START,
+    global_search_share: float = GLOBAL_SEARCH_SHARE,
 ) -> AdaptResult:
     """Adapt `base` (described by `config`, not modified) to the annotated slices of `train`.
 
@@ -216,6 +217,8 @@ def adapt(
     re-estimation (with the train volumes' slices). `frozen_norm`: SpotTUnet only, see spottune.py.
     `global_bn_reestimate`: global policy only, see _export_finetuned. `gate_draws`: global
     policy only, see spottune.py. `policy_start`: instance policy only, see policy.py.
+    `global_search_share`: global policy only, the share of the iterations spent searching the
+    configuration, in (0, 1]; the rest fine-tunes the exported configuration.
     Raises Cancelled if should_stop() returns True, ValueError for an unknown method or bad input.
     """
     if method not in METHODS:
@@ -226,10 +229,12 @@ def adapt(
     seed_everything(options.seed)
     multiple = config.size_multiple
 
+    if not 0 < global_search_share <= 1:
+        raise ValueError(f"global_search_share must be in (0, 1], got {global_search_share}")
     if method == "spottune":
         return _adapt_spottune(base, config, train, options, unlabelled, progress, should_stop,
                                device, frozen_norm, global_bn_reestimate, gate_draws,
-                               policy_start)
+                               policy_start, global_search_share)
 
     model = copy.deepcopy(base).to(device)
     if options.adabn:
@@ -325,6 +330,7 @@ def _adapt_spottune(
     global_bn_reestimate: bool = GLOBAL_BN_REESTIMATE,
     gate_draws: GateDraws = GATE_DRAWS,
     policy_start: PolicyStart = POLICY_START,
+    global_search_share: float = GLOBAL_SEARCH_SHARE,
 ) -> AdaptResult:
     multiple = config.size_multiple
     patch = _patch_size(options.patch_size, train, multiple)
@@ -344,7 +350,7 @@ def _adapt_spottune(
                       policy_start=policy_start).to(device)
     search = options.iterations
     if options.policy == "global":
-        search = max(1, round(GLOBAL_SEARCH_SHARE * options.iterations))
+        search = max(1, round(global_search_share * options.iterations))
     history = train_gated(model, sampler, options, search, lambda_reg, device=device,
                           progress=_phase(progress, 0, options.iterations),
                           should_stop=should_stop)

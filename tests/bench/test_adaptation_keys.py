@@ -50,3 +50,12 @@ def test_the_profile_lambda_keys_the_spottune_runs_only() -> None:
         assert key(method) != key(method, lambda_reg=None)
     for method in ("finetune-all", "finetune-first", "finetune-last"):
         assert key(method) == key(method, lambda_reg=None)
+
+
+def test_a_global_search_share_reruns_the_global_policy_only() -> None:
+    assert key("spottune-global", global_search_share=0.25) != key("spottune-global")
+    for method in ("spottune", "finetune-all", "finetune-first"):
+        assert key(method, global_search_share=0.25) == key(method)
+    # the default keeps the keys of the units cached before the setting existed
+    assert "global_search_share" not in _method_settings("spottune-global", SETTINGS,
+                                                         PROFILES["cpu"])

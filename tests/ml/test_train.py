@@ -260,3 +260,31 @@ def test_global_bn_reestimation_changes_only_the_chosen_units_statistics(
     chosen = [name for name, share in zip(runs[0].policy.gate_names, runs[0].policy.frequency,
                                           strict=True) if share > 0.5]
     assert all(any(key.startswith(name + ".") for name in chosen) for key in changed)
+
+
+@pytest.mark.parametrize(("share", "searched"), [(0.25, 2), (0.75, 6)])
+def test_the_global_search_share_splits_the_schedule(
+    source: AdaptResult, target_volumes: list[PreparedVolume], share: float, searched: int
+) -> None:
+    """The global policy searches for round(share * iterations) steps, then fine-tunes the
+    exported configuration: only search steps carry the penalty on trainable twins (a large
+    lambda makes them stand out), and they come first."""
+    options = AdaptOptions(iterations=8, policy="global", lambda_reg=20.0, **FAST)
+    result = adapt(net(source), source.config, target_volumes, "spottune", options,
+                   global_search_share=share)
+    losses = [h["loss"] for h in result.history]
+    penalised = [loss > 2.0 for loss in losses]
+    assert penalised[:searched] == [True] * searched
+    assert not any(penalised[searched:])
+    # the rest fine-tunes the exported configuration, unless the search chose no trainable twin
+    assert len(losses) in (searched, 8)
+
+
+def test_the_global_search_share_must_be_a_share(
+    source: AdaptResult, target_volumes: list[PreparedVolume]
+) -> None:
+    options = AdaptOptions(iterations=4, policy="global", **FAST)
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError, match="global_search_share"):
+            adapt(net(source), source.config, target_volumes, "spottune", options,
+                  global_search_share=share)
