@@ -42,6 +42,7 @@ from adaptation_runs import Data, Runner, model_weights, plan, unit_key  # noqa:
 from adaptation_stats import (  # noqa: E402
     plateau,
     policy_agreement,
+    policy_signature,
     replicate_spread,
     summarise,
 )
@@ -270,7 +271,8 @@ def write_results(units: list[dict[str, Any]], cache: Path, data: Data, profile:
     rows = [r for r in rows if r["replicate"] == 0]
     complete = all((cache / f"{unit_key(u)}.json").is_file() for u in units)
     stats = summarise(rows, profile.budgets, profile.methods)
-    agreement = {m: policy_agreement(runs, m) for m in profile.methods if m.startswith("spottune")}
+    gated = [m for m in profile.methods if m.startswith("spottune")]
+    agreement = {m: policy_agreement(runs, m) for m in gated}
     seconds = sum(json.loads((cache / f"{unit_key(u)}.json").read_text()).get("seconds", 0.0)
                   for u in units if (cache / f"{unit_key(u)}.json").is_file())
     report = {
@@ -281,7 +283,9 @@ def write_results(units: list[dict[str, Any]], cache: Path, data: Data, profile:
         "elapsed_s_this_sitting": round(elapsed, 1),
         "rows": rows, "replicate_rows": replicate_rows, **stats,
         "policy_agreement": agreement.get("spottune", policy_agreement([], "spottune")),
-        "policy_agreement_by_method": agreement, "plateau": plateau(runs),
+        "policy_agreement_by_method": agreement,
+        "policy_signature_by_method": {m: policy_signature(runs, m) for m in gated},
+        "plateau": plateau(runs),
         "replicate_spread": replicate_spread(runs), "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)

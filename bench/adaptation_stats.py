@@ -215,6 +215,37 @@ def policy_agreement(runs: Sequence[dict], method: str = "spottune") -> dict[str
             "n_frequency_same_source": n("replicates", "frequency")}
 
 
+def policy_signature(runs: Sequence[dict], method: str = "spottune") -> dict[str, Any]:
+    """Whether a scanner's signature shows once a fold's runs are averaged: per (pair, fold), the
+    mean per-gate probability over its budgets (replicate 0), then the mean Spearman correlation
+    of those means for the same pair across folds (other source model, test head, training
+    subject), for other pairs across folds, and for other pairs within a fold (the same source
+    model and training head). A scanner's signature shows as same-pair agreement clearly above
+    both; the source model's, as other pairs within a fold above other pairs across folds."""
+    groups: dict[tuple[str, str, Any], list[list[float]]] = defaultdict(list)
+    for r in runs:
+        if r["method"] == method and r.get("probability") and r.get("replicate", 0) == 0:
+            groups[(r["source_site"], r["target_site"], r.get("fold"))].append(r["probability"])
+    means = {key: np.mean(values, axis=0).tolist() for key, values in groups.items()}
+    found: dict[str, list[float]] = {"same_pair": [], "other_pairs": [],
+                                     "other_pairs_same_fold": []}
+    for a, b in itertools.combinations(sorted(means, key=str), 2):
+        if a[:2] == b[:2]:
+            comparison = "same_pair"
+        else:
+            comparison = "other_pairs" if a[2] != b[2] else "other_pairs_same_fold"
+        rho = rank_agreement(means[a], means[b])
+        if rho is not None:
+            found[comparison].append(rho)
+    out: dict[str, Any] = {"runs_per_mean": (float(np.mean([len(v) for v in groups.values()]))
+                                             if groups else None)}
+    for comparison, values in found.items():
+        out[f"{comparison}_across_folds" if comparison != "other_pairs_same_fold"
+            else comparison] = float(np.mean(values)) if values else None
+        out[f"n_{comparison}"] = len(values)
+    return out
+
+
 def replicate_spread(runs: Sequence[dict]) -> list[dict[str, Any]]:
     """Per method and budget with replicates: mean test sDice per replicate (over the splits
     that have it) and the mean within-split range (max - min) of test sDice across replicates."""

@@ -82,6 +82,15 @@ def markdown_report(report: dict[str, Any], budgets: Sequence[Any], title: str) 
                      f"{_fmt(agreement.get('frequency_same_source_across_replicates'), 2)}, "
                      f"n = {agreement.get('n_frequency_same_source', 0)})")
         lines.append(text + ".")
+    for name, sig in report.get("policy_signature_by_method", {}).items():
+        if sig.get("runs_per_mean"):
+            lines.append(
+                f"Policy signature ({name}: per-gate probabilities averaged over a fold's "
+                f"{sig['runs_per_mean']:.0f} runs, then Spearman): same pair across folds "
+                f"{_fmt(sig['same_pair_across_folds'], 2)} (n = {sig['n_same_pair']}), other "
+                f"pairs across folds {_fmt(sig['other_pairs_across_folds'], 2)} "
+                f"(n = {sig['n_other_pairs']}), other pairs in the same fold (same source model) "
+                f"{_fmt(sig['other_pairs_same_fold'], 2)} (n = {sig['n_other_pairs_same_fold']}).")
     for s in report.get("replicate_spread", []):
         by = ", ".join(f"{r}: {v:.3f}" for r, v in s["test_sdice_by_replicate"].items())
         lines.append(f"Replicates ({s['method']}, {s['budget']} slices): mean test sDice by "

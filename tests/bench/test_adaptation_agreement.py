@@ -11,7 +11,7 @@ import pytest
 # the benchmark's helper modules import each other by bare name, as bench/adaptation.py does
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from adaptation_stats import policy_agreement, replicate_spread  # noqa: E402
+from adaptation_stats import policy_agreement, policy_signature, replicate_spread  # noqa: E402
 
 UP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
 DOWN = UP[::-1]
@@ -97,3 +97,35 @@ def test_replicate_spread() -> None:
     assert spread["budget"] == 12 and spread["splits"] == 2
     assert spread["test_sdice_by_replicate"] == pytest.approx({"0": 0.4, "1": 0.55})
     assert spread["mean_range"] == pytest.approx(0.15)
+
+
+def test_a_scanner_signature_shows_in_the_fold_means() -> None:
+    # each fold's runs scatter around its pair's order: their mean recovers it, so the same pair
+    # agrees across folds (+1) and the two pairs, ordered oppositely, disagree (-1)
+    runs = []
+    for fold in range(3):
+        for budget, noise in ((5, 0.25), (12, -0.25)):
+            jitter = [noise * (i % 2) for i in range(len(UP))]
+            runs.append(run([u + j for u, j in zip(UP, jitter, strict=True)], target="b",
+                            fold=fold, seed=fold, budget=budget))
+            runs.append(run([d + j for d, j in zip(DOWN, jitter, strict=True)], target="c",
+                            fold=fold, seed=fold, budget=budget))
+    result = policy_signature(runs)
+    assert result["runs_per_mean"] == 2
+    assert result["same_pair_across_folds"] == pytest.approx(1.0)
+    assert result["n_same_pair"] == 2 * 3  # 3 pairs of folds per target site
+    assert result["other_pairs_across_folds"] == pytest.approx(-1.0)
+    assert result["n_other_pairs"] == 6
+    assert result["other_pairs_same_fold"] == pytest.approx(-1.0)
+    assert result["n_other_pairs_same_fold"] == 3
+
+
+def test_a_source_model_signature_shows_within_a_fold() -> None:
+    # the order follows the fold (its source model), whatever the target site
+    orders = [UP, DOWN, OTHER]
+    runs = [run(orders[fold], target=target, fold=fold, seed=fold)
+            for fold in range(3) for target in ("b", "c")]
+    result = policy_signature(runs)
+    assert result["other_pairs_same_fold"] == pytest.approx(1.0)
+    assert result["same_pair_across_folds"] < 0.5
+    assert result["other_pairs_across_folds"] == pytest.approx(result["same_pair_across_folds"])
