@@ -59,7 +59,7 @@ class AdaptationOptions(StrictModel):
     lambda_reg: float | None = Field(
         default=None, ge=0.0, le=100.0,
         description="Weight of the penalty on choosing trainable blocks; unset: derived from "
-                    "the iteration budget by the training code (0.1 up to 400 iterations, chosen "
+                    "the iteration budget by the training code (0.1 up to 800 iterations, chosen "
                     "on validation data; the paper's value for the number of annotated slices "
                     "from 6000).")
     policy: PolicyKind = Field(
