@@ -81,16 +81,17 @@ PROFILES: dict[str, Profile] = {
         unlabelled_volumes=1, methods=("finetune-first", "spottune", "spottune-global"),
     ),
     # 2-core CPU, one thread per process: 2 mm in-plane, a slim U-Net (width 8, one block per
-    # stage), schedules ~10x (source) and 15x (adaptation) shorter than the paper's, the learning
-    # rates those budgets get by default (train.default_learning_rate: network 0.023 and policy
-    # 0.036 at 400 iterations). 400 adaptation iterations, not 200: on the validation scans every
-    # method gained at every budget (+0.006 to +0.046, bench/results/choices-iterations-cpu.md).
-    # SpotTUnet's lambda: the library's default for 400 iterations, explicit so that the units
-    # run before it (the paper's value, no lambda_reg in their keys) keep their keys; with
-    # --adapt-iterations it stays this value unless --lambda-reg is given.
+    # stage), schedules ~10x (source) and 7.5x (adaptation) shorter than the paper's, the learning
+    # rates those budgets get by default (train.default_learning_rate: network 0.010 and policy
+    # 0.026 at 800 iterations). 800 adaptation iterations: on the validation scans 400 beat 200 in
+    # 20 of 20 method x budget cells (bench/results/choices-iterations-cpu.md), and 800 beat 400
+    # in 18 of 20 (choices-iterations-800-all-cpu.md). SpotTUnet's lambda: the library's default
+    # up to 800 iterations, explicit so that the units run before it (the paper's value, no
+    # lambda_reg in their keys) keep their keys; with --adapt-iterations it stays this value
+    # unless --lambda-reg is given.
     "cpu": Profile(
         spacing_mm=(2.0, 2.0), width=8, blocks_per_stage=1, patch_size=64, batch_size=8,
-        source_iterations=1000, source_learning_rate=0.05, adapt_iterations=400,
+        source_iterations=1000, source_learning_rate=0.05, adapt_iterations=800,
         adapt_learning_rate=None, policy_learning_rate=None, budgets=(5, 12, 45, WHOLE_VOLUME),
         seeds_per_fold=1, pairs=CPU_PAIRS, validation_per_fold=2, unlabelled_volumes=2,
         methods=(*FIXED_METHODS, "spottune", "spottune-global"), lambda_reg=SHORT_SCHEDULE_LAMBDA,
