@@ -104,7 +104,9 @@ POLICY_START: PolicyStart = "random"
 saturates in training whatever its start, so its initial lean is not why replicates disagree."""
 GLOBAL_SEARCH_SHARE = 0.5
 """Global policy: share of the iterations spent searching the configuration; the rest fine-tunes the
-exported plain U-Net (the chosen configuration) as a unit (see _export_finetuned)."""
+exported plain U-Net (the chosen configuration) as a unit (see _export_finetuned). A quarter
+instead of half scored -0.000 to -0.004 sDice on the validation scans at 800 iterations, every
+budget (bench/results/choices-global-search-share-cpu.md), though its loss curve flattened."""
 
 
 def _log_linear(anchors: tuple[tuple[int, float], tuple[int, float]], iterations: int) -> float:
