@@ -215,6 +215,12 @@ def policy_agreement(runs: Sequence[dict], method: str = "spottune") -> dict[str
             "n_frequency_same_source": n("replicates", "frequency")}
 
 
+SIGNATURE_COUNTS = {"same_pair_across_folds": "n_same_pair",
+                    "other_pairs_across_folds": "n_other_pairs",
+                    "other_pairs_same_fold": "n_other_pairs_same_fold"}
+"""policy_signature's comparisons: mean correlation field -> its count field."""
+
+
 def policy_signature(runs: Sequence[dict], method: str = "spottune") -> dict[str, Any]:
     """Whether a scanner's signature shows once a fold's runs are averaged: per (pair, fold), the
     mean per-gate probability over its budgets (replicate 0), then the mean Spearman correlation
@@ -227,22 +233,22 @@ def policy_signature(runs: Sequence[dict], method: str = "spottune") -> dict[str
         if r["method"] == method and r.get("probability") and r.get("replicate", 0) == 0:
             groups[(r["source_site"], r["target_site"], r.get("fold"))].append(r["probability"])
     means = {key: np.mean(values, axis=0).tolist() for key, values in groups.items()}
-    found: dict[str, list[float]] = {"same_pair": [], "other_pairs": [],
-                                     "other_pairs_same_fold": []}
+    found: dict[str, list[float]] = {name: [] for name in SIGNATURE_COUNTS}
     for a, b in itertools.combinations(sorted(means, key=str), 2):
         if a[:2] == b[:2]:
-            comparison = "same_pair"
+            comparison = "same_pair_across_folds"
+        elif a[2] != b[2]:
+            comparison = "other_pairs_across_folds"
         else:
-            comparison = "other_pairs" if a[2] != b[2] else "other_pairs_same_fold"
+            comparison = "other_pairs_same_fold"
         rho = rank_agreement(means[a], means[b])
         if rho is not None:
             found[comparison].append(rho)
     out: dict[str, Any] = {"runs_per_mean": (float(np.mean([len(v) for v in groups.values()]))
                                              if groups else None)}
-    for comparison, values in found.items():
-        out[f"{comparison}_across_folds" if comparison != "other_pairs_same_fold"
-            else comparison] = float(np.mean(values)) if values else None
-        out[f"n_{comparison}"] = len(values)
+    for name, values in found.items():
+        out[name] = float(np.mean(values)) if values else None
+        out[SIGNATURE_COUNTS[name]] = len(values)
     return out
 
 

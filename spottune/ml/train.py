@@ -228,12 +228,12 @@ def adapt(
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     if not isinstance(base, UNet) or config.gating is not None:
         raise ValueError("adapt() starts from a plain UNet and its config (gating None)")
+    if not 0 < global_search_share <= 1:
+        raise ValueError(f"global_search_share must be in (0, 1], got {global_search_share}")
     device = pick_device(str(device) if device is not None else None)
     seed_everything(options.seed)
     multiple = config.size_multiple
 
-    if not 0 < global_search_share <= 1:
-        raise ValueError(f"global_search_share must be in (0, 1], got {global_search_share}")
     if method == "spottune":
         return _adapt_spottune(base, config, train, options, unlabelled, progress, should_stop,
                                device, frozen_norm, global_bn_reestimate, gate_draws,
