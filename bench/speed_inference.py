@@ -193,6 +193,11 @@ def bench_inference(
                         None)
                     add(f"after, bf16 off (OpenVINO), batch {batch}", "base",
                         default(base, bf16=False), 1, None)
+            with openvino_streams(1):  # every thread on one request, as before streams
+                add("after, OpenVINO engine, 1 stream", "base", default(base, **ov), repeats,
+                    None)
+                add("after, bf16 off (OpenVINO), 1 stream", "base", default(base, bf16=False),
+                    repeats, None)
             for batch in (1, 4, 16, 32):
                 add(f"after, batch {batch}", "base", default(base, batch_size=batch), 2, None)
             rows.append(compiled_row(base, volume, prep, device))
@@ -229,6 +234,16 @@ def openvino_batch(batch: int) -> Iterator[None]:
         yield
     finally:
         OpenVinoUNet.batch_size = before
+
+
+@contextlib.contextmanager
+def openvino_streams(streams: int) -> Iterator[None]:
+    before = OpenVinoUNet.default_streams
+    OpenVinoUNet.default_streams = streams
+    try:
+        yield
+    finally:
+        OpenVinoUNet.default_streams = before
 
 
 def mask_agreement(

@@ -170,17 +170,11 @@ def openvino_copy(model: nn.Module, bf16: bool, device: torch.device,
 def _predict_openvino(net: OpenVinoUNet, slices: np.ndarray,
                       progress: Progress | None) -> np.ndarray:
     multiple = 2**net.depth
-    n, height, width = slices.shape
+    _, height, width = slices.shape
     pad = ((0, 0), (0, -height % multiple), (0, -width % multiple))
-    out = np.empty(slices.shape, dtype=np.float32)
-    batch_size = net.batch_size  # the engine's own (the contract's batch_size is torch's)
-    for start in range(0, n, batch_size):
-        x = np.pad(slices[start : start + batch_size].astype(np.float32, copy=False), pad)
-        prob = net(x[:, None])
-        out[start : start + prob.shape[0]] = prob[:, 0, :height, :width]
-        if progress is not None:
-            progress(min(start + batch_size, n), n)
-    return out
+    # the engine's own batch and streams (the contract's batch_size is torch's)
+    x = np.pad(slices.astype(np.float32, copy=False), pad)[:, None]
+    return net(x, progress)[:, 0, :height, :width]
 
 
 @torch.inference_mode()

@@ -20,6 +20,7 @@ an instance-policy SpotTUNet chooses twins per slice and runs in torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -102,19 +103,28 @@ class OpenVinoUNet:
 
     The graph is compiled for each input shape it meets (about 0.1 s; a volume's slices share
     one): on 2 Xeon cores a static shape ran 1.3x faster per slice than OpenVINO's dynamic
-    shapes. `batch_size` is the batch it prefers (bench/speed.py); a shorter last batch is
+    shapes. `batch_size` is the batch of one request (bench/speed.py); a shorter last batch is
     padded to it rather than compiled for.
+
+    Streams: with several threads, each thread runs a request of its own (one OpenVINO stream
+    per thread) instead of all threads sharing one slice's convolutions: slices are independent,
+    so the results are the same bits, and on 2 AVX2 EPYC cores a 192x224 slice took 81 ms
+    instead of 89 (bench/speed.py, "streams" rows).
 
     Args:
         model: the plain U-Net (its current weights and BatchNorm statistics are copied in).
         bf16: BF16 convolutions (where the CPU has native BF16) instead of FP32.
         threads: CPU threads; default torch.get_num_threads(), so the worker's thread cap and
             a caller's torch.set_num_threads hold for this engine too.
+        streams: requests run at once, each on threads // streams threads; default one per
+            thread (1: every thread works on the same request).
     """
 
     batch_size = BATCH
+    default_streams: int | None = None  # None: one per thread (bench/speed.py compares 1)
 
-    def __init__(self, model: UNet, *, bf16: bool = False, threads: int | None = None) -> None:
+    def __init__(self, model: UNet, *, bf16: bool = False, threads: int | None = None,
+                 streams: int | None = None) -> None:
         if type(model) is not UNet:
             raise ValueError(f"the OpenVINO engine runs plain U-Nets, not {type(model).__name__}")
         import openvino as ov
@@ -122,35 +132,68 @@ class OpenVinoUNet:
         self.depth = model.depth
         self.bf16 = bf16
         self.threads = threads or torch.get_num_threads()
+        self.streams = max(1, min(streams or self.default_streams or self.threads,
+                                   self.threads))
         self._core = ov.Core()
         self._graph = _GraphBuilder(model).graph()
-        self._requests: dict[tuple[int, ...], Any] = {}
+        self._queues: dict[tuple[int, ...], Any] = {}
 
-    def _request(self, shape: tuple[int, ...]) -> Any:
-        request = self._requests.get(shape)
-        if request is None:
+    def _queue(self, shape: tuple[int, ...]) -> Any:
+        """The compiled graph for `shape`, as a queue of `streams` requests."""
+        queue = self._queues.get(shape)
+        if queue is None:
+            import openvino as ov
+
             graph = self._graph.clone()
             graph.reshape(list(shape))
-            compiled = self._core.compile_model(graph, "CPU", {
+            settings: dict[str, Any] = {
                 "INFERENCE_PRECISION_HINT": PRECISIONS[self.bf16],
                 "INFERENCE_NUM_THREADS": self.threads,
-                "PERFORMANCE_HINT": "LATENCY",
                 # the worker shares its machine with the API: no thread pinned to a core
                 "ENABLE_CPU_PINNING": False,
-            })
-            request = self._requests[shape] = compiled.create_infer_request()
-        return request
+            }
+            if self.streams > 1:
+                settings |= {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams}
+            else:
+                settings["PERFORMANCE_HINT"] = "LATENCY"
+            compiled = self._core.compile_model(graph, "CPU", settings)
+            queue = self._queues[shape] = ov.AsyncInferQueue(compiled, self.streams)
+        return queue
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities of a batch [B, C, H, W]; the result is the caller's own array."""
+    def __call__(self, x: np.ndarray,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Probabilities of slices [N, C, H, W], `batch_size` per request, `streams` requests
+        at a time; the result is the caller's own array. `progress(done, N)` is called from
+        the calling thread as requests finish."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        n = x.shape[0]
-        if 0 < n < self.batch_size:  # a short last batch: padded, not compiled for
-            x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), np.float32)])
-        request = self._request(tuple(x.shape))
-        request.infer({0: x})
-        logits = request.get_output_tensor(0).data[:n]
-        # the sigmoid in FP32 here, not in the graph: in BF16 the probabilities near 0.5 would
-        # be rounded to steps of 2**-9, and every one rounded onto 0.5 would turn foreground
-        out: np.ndarray = 1.0 / (1.0 + np.exp(-logits, dtype=np.float32))
+        n, batch = x.shape[0], self.batch_size
+        out = np.empty((n, 1, *x.shape[2:]), dtype=np.float32)
+        if n == 0:
+            return out
+        queue = self._queue((batch, *x.shape[1:]))
+        finished: list[int] = []
+
+        def store(request: Any, start: int) -> None:
+            count = min(batch, n - start)
+            logits = request.get_output_tensor(0).data[:count]
+            # the sigmoid in FP32 here, not in the graph: in BF16 the probabilities near 0.5
+            # would be rounded to steps of 2**-9, and every one rounded onto 0.5 would turn
+            # foreground
+            out[start : start + count] = 1.0 / (1.0 + np.exp(-logits, dtype=np.float32))
+            finished.append(count)
+
+        queue.set_callback(store)
+        reported = 0
+        for start in range(0, n, batch):
+            part = x[start : start + batch]
+            if part.shape[0] < batch:  # a short last batch: padded, not compiled for
+                part = np.concatenate(
+                    [part, np.zeros((batch - part.shape[0], *x.shape[1:]), np.float32)])
+            queue.start_async({0: part}, start)  # waits for a free request
+            if progress is not None and sum(finished) > reported:
+                reported = sum(finished)
+                progress(reported, n)
+        queue.wait_all()
+        if progress is not None and reported < n:
+            progress(n, n)
         return out

@@ -41,6 +41,23 @@ def test_engine_computes_what_the_unet_computes(config: dict[str, int]) -> None:
     assert np.abs(engine(x.numpy()) - expected).max() < 1e-5
 
 
+def test_streams_give_the_same_bits_and_report_progress() -> None:
+    model = unet_with_statistics(4, conv_bias=True, blocks_per_stage=1).eval()
+    x = np.random.default_rng(1).random((7, 1, 24, 32)).astype(np.float32)
+    one = OpenVinoUNet(model, threads=2, streams=1)
+    two = OpenVinoUNet(model, threads=2)
+    assert (one.streams, two.streams) == (1, 2)  # default: one stream per thread
+    seen: list[tuple[int, int]] = []
+    together = two(x, lambda done, total: seen.append((done, total)))
+    assert np.array_equal(together, one(x))  # slices are independent: the same bits
+    with torch.inference_mode():
+        expected = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+    assert np.abs(together - expected).max() < 1e-5
+    assert seen[-1] == (7, 7) and all(t == 7 for _, t in seen)
+    assert [d for d, _ in seen] == sorted({d for d, _ in seen})  # increasing, never repeated
+    assert two(x[:0]).shape == (0, 1, 24, 32)
+
+
 def test_engine_bf16_is_close_and_follows_torch_threads() -> None:
     model = unet_with_statistics(1, conv_bias=True, blocks_per_stage=1).eval()
     x = np.random.default_rng(0).random((2, 1, 24, 24)).astype(np.float32)
