@@ -107,9 +107,10 @@ class OpenVinoUNet:
     padded to it rather than compiled for.
 
     Streams: with several threads, each thread runs a request of its own (one OpenVINO stream
-    per thread) instead of all threads sharing one slice's convolutions: slices are independent,
-    so the results are the same bits, and on 2 AVX2 EPYC cores a 192x224 slice took 81 ms
-    instead of 89 (bench/speed.py, "streams" rows).
+    per thread) instead of all threads sharing one slice's convolutions. Slices are independent,
+    so the results are the same bits. On 2 AVX2 EPYC cores a 192x224 slice took 81 ms instead of
+    89, and a whole 1 mm head 12.5 s instead of 13.6 s in process (README, speed; bench/speed.py
+    has "1 stream" rows). One call at a time per engine: a call owns the requests' callback.
 
     Args:
         model: the plain U-Net (its current weights and BatchNorm statistics are copied in).
