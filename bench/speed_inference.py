@@ -188,12 +188,13 @@ def bench_inference(
             add("after, bf16 off (OpenVINO)", "base", default(base, bf16=False), repeats, threads)
         if not quick:
             for batch in (1, 4, 8):  # the OpenVINO engine's own batch (OpenVinoUNet.batch_size)
-                with openvino_batch(batch):
+                with openvino_setting("batch_size", batch):
                     add(f"after, OpenVINO engine, batch {batch}", "base", default(base, **ov), 2,
                         None)
                     add(f"after, bf16 off (OpenVINO), batch {batch}", "base",
                         default(base, bf16=False), 1, None)
-            with openvino_streams(1):  # every thread on one request, as before streams
+            # every thread on one request, as before the engine ran one stream per thread
+            with openvino_setting("default_streams", 1):
                 add("after, OpenVINO engine, 1 stream", "base", default(base, **ov), repeats,
                     None)
                 add("after, bf16 off (OpenVINO), 1 stream", "base", default(base, bf16=False),
@@ -227,23 +228,15 @@ def bench_inference(
 
 
 @contextlib.contextmanager
-def openvino_batch(batch: int) -> Iterator[None]:
-    before = OpenVinoUNet.batch_size
-    OpenVinoUNet.batch_size = batch
+def openvino_setting(name: str, value: int) -> Iterator[None]:
+    """OpenVinoUNet's class default `name` (batch_size, default_streams) set to `value` for the
+    engines made inside the block."""
+    before = getattr(OpenVinoUNet, name)
+    setattr(OpenVinoUNet, name, value)
     try:
         yield
     finally:
-        OpenVinoUNet.batch_size = before
-
-
-@contextlib.contextmanager
-def openvino_streams(streams: int) -> Iterator[None]:
-    before = OpenVinoUNet.default_streams
-    OpenVinoUNet.default_streams = streams
-    try:
-        yield
-    finally:
-        OpenVinoUNet.default_streams = before
+        setattr(OpenVinoUNet, name, before)
 
 
 def mask_agreement(
