@@ -172,7 +172,7 @@ class OpenVinoUNet:
         if n == 0:
             return out
         queue = self._queue((batch, *x.shape[1:]))
-        finished: list[int] = []
+        finished = [0]  # slices stored so far (written by the requests' callback only)
 
         def store(request: Any, start: int) -> None:
             count = min(batch, n - start)
@@ -181,7 +181,7 @@ class OpenVinoUNet:
             # would be rounded to steps of 2**-9, and every one rounded onto 0.5 would turn
             # foreground
             out[start : start + count] = 1.0 / (1.0 + np.exp(-logits, dtype=np.float32))
-            finished.append(count)
+            finished[0] += count
 
         queue.set_callback(store)
         reported = 0
@@ -191,8 +191,8 @@ class OpenVinoUNet:
                 part = np.concatenate(
                     [part, np.zeros((batch - part.shape[0], *x.shape[1:]), np.float32)])
             queue.start_async({0: part}, start)  # waits for a free request
-            if progress is not None and sum(finished) > reported:
-                reported = sum(finished)
+            if progress is not None and finished[0] > reported:
+                reported = finished[0]
                 progress(reported, n)
         queue.wait_all()
         if progress is not None and reported < n:
