@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # helper modules beside this file
 
-from speed_inference import bench_inference  # noqa: E402
+from speed_inference import bench_inference, speed_model  # noqa: E402
 from speed_process import bench_processes  # noqa: E402
 from speed_training import bench_training  # noqa: E402
 
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             device, args.quick, args.data, checkpoint
         )
     if not args.skip_process and (args.data / "manifest.json").is_file():
+        log.info("model for the whole processes: %s",
+                 speed_model(args.data, checkpoint, args.quick)[2])
         result["whole_process"] = bench_processes(
             args.data, checkpoint, 1 if args.quick else 3, args.deepbet_env,
             bf16=bf16_is_fast(devices[0]))

@@ -103,6 +103,14 @@ def naive_segment(
     return keep_largest_component(mask)
 
 
+def speed_model(data_dir: Path, checkpoint: Path, quick: bool) -> tuple[UNet, ModelConfig, str]:
+    """The benchmark's model: loaded from `checkpoint`, or trained on the training head and
+    cached there (the whole-process comparison runs it from that file)."""
+    _, _, train_volume, train_mask, _ = head_volume(data_dir)
+    prepared_train = prepare_volume(train_volume, Preprocessing(), train_mask)
+    return trained_base(prepared_train, checkpoint, quick)
+
+
 def bench_inference(
     device: torch.device, quick: bool, data_dir: Path, checkpoint: Path
 ) -> dict[str, Any]:
