@@ -34,13 +34,23 @@ def cpu_flags() -> set[str]:
 
 
 def machine_id(device: torch.device | None = None) -> str:
-    """A short name for result files: e.g. cpu-2core-epyc; cuda-h100 when a GPU is used."""
+    """A short name for result files: e.g. cpu-2core-epyc-avx512; cuda-h100 when a GPU is used."""
     if device is not None and device.type == "cuda":
         name = torch.cuda.get_device_name(device).lower()
         return f"cuda-{next((t for t in GPU_TAGS if t in name), 'gpu')}"
     model = cpu_model().lower()
     tag = next((t for t in CPU_TAGS if t in model), re.sub(r"[^a-z0-9]+", "", model)[:12] or "cpu")
-    return f"cpu-{os.cpu_count()}core-{tag}"
+    isa = vector_isa(cpu_flags())
+    return f"cpu-{os.cpu_count()}core-{tag}" + (f"-{isa}" if isa else "")
+
+
+def vector_isa(flags: set[str]) -> str | None:
+    """The widest vector arithmetic of a CPU, which sets its speed more than its brand does (the
+    same cloud CPU model comes with AVX2 only or with AVX-512 BF16): amx, avx512, avx2 or None."""
+    for isa, flag in (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return isa
+    return None
 
 
 def machine_info(device: torch.device | None = None) -> dict[str, Any]:
