@@ -21,12 +21,15 @@ instance policy draws per slice either way.
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
-from spottune.ml.network import UNet, check_input_size
+from spottune.ml.network import PreActivation, ResBlock, UNet, check_input_size
 from spottune.ml.policy import FixedPolicy, PolicyKind, PolicyStart, make_policy, sample_gates
 
 FrozenNorm = Literal["source", "target"]
@@ -76,6 +79,118 @@ class _GateMix(torch.autograd.Function):
         if needs[1] and not all_frozen:
             grad_trainable = grad if all_trainable else grad * weight
         return grad_frozen, grad_trainable, grad_gate, None, None
+
+
+_ROUTED_ROWS: ContextVar[Tensor | None] = ContextVar("spottune_routed_rows", default=None)
+"""Rows of the batch whose gate chose the twin running now (set by SpotTUNet._gated)."""
+
+
+@contextmanager
+def _routed(rows: Tensor | None) -> Iterator[None]:
+    token = _ROUTED_ROWS.set(rows)
+    try:
+        yield
+    finally:
+        _ROUTED_ROWS.reset(token)
+
+
+class _RoutedConvolution(torch.autograd.Function):
+    """A convolution whose backward runs on `rows` of the batch only.
+
+    Exact where the gradient of every other row of the output is zero: a twin's last convolution
+    inside a gated unit, whose output reaches the loss only through the gate's mix (_GateMix
+    multiplies its gradient by exactly 0 on the rows that chose the other twin). The other rows'
+    input gradients are then exactly 0, and their weight-gradient terms are exact zeros too.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor,
+        bias: Tensor | None, rows: Tensor, conv: tuple[Any, ...],
+    ) -> Tensor:
+        dtypes = x.dtype, weight.dtype
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # cast as autocast would, and keep the casts
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        with torch.autocast(device, enabled=False):
+            out = torch.ops.aten.convolution(x, weight, bias, *conv)
+        ctx.save_for_backward(x, weight, rows)
+        ctx.conv, ctx.dtypes = conv, dtypes  # type: ignore[attr-defined]
+        ctx.bias_sizes = None if bias is None else list(bias.shape)  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, weight, rows = ctx.saved_tensors  # type: ignore[attr-defined]
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        bias_sizes = ctx.bias_sizes  # type: ignore[attr-defined]
+        mask = [needs[0], needs[1], needs[2] and bias_sizes is not None]
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad.index_select(0, rows).to(x.dtype), x.index_select(0, rows), weight, bias_sizes,
+            *ctx.conv, mask)  # type: ignore[attr-defined]
+        x_dtype, w_dtype = ctx.dtypes  # type: ignore[attr-defined]
+        if grad_x is not None:
+            full = x.new_zeros(x.shape, dtype=x_dtype)
+            grad_x = full.index_copy_(0, rows, grad_x.to(x_dtype))
+        if grad_w is not None:
+            grad_w = grad_w.to(w_dtype)
+        if grad_b is not None:
+            grad_b = grad_b.to(w_dtype)
+        return grad_x, grad_w, grad_b, None, None
+
+
+class _Routed:
+    """Mixin of the routed convolutions: with rows set (_routed) and autograd on, the backward
+    runs on those rows only (_RoutedConvolution); otherwise the plain convolution."""
+
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:  # noqa: A002
+        conv = cast(nn.Conv2d | nn.ConvTranspose2d, self)
+        rows = _ROUTED_ROWS.get()
+        x = input
+        if rows is None or not torch.is_grad_enabled() or output_size is not None:
+            if output_size is not None:
+                return super().forward(x, output_size)  # type: ignore[misc]
+            return super().forward(x)  # type: ignore[misc]
+        transposed = isinstance(conv, nn.ConvTranspose2d)
+        args = (conv.stride, conv.padding, conv.dilation, transposed,
+                conv.output_padding if transposed else (0, 0), conv.groups)
+        out: Tensor = _RoutedConvolution.apply(x, conv.weight, conv.bias, rows, args)
+        return out
+
+
+class RoutedConv2d(_Routed, nn.Conv2d):
+    """nn.Conv2d whose backward can run on the rows routed to it (same parameters, same state)."""
+
+
+class RoutedConvTranspose2d(_Routed, nn.ConvTranspose2d):
+    """nn.ConvTranspose2d whose backward can run on the rows routed to it."""
+
+
+def _route_backward(twin: UNet, every_conv: bool) -> None:
+    """Make the convolutions of `twin`'s units whose output gradient is zero on the rows that
+    chose the other twin routed: each unit's last convolution, or with `every_conv` (a twin in
+    eval mode, a per-row function, so zero rows stay zero through it) every convolution."""
+    for spec in twin.units:
+        unit = twin.get_submodule(spec.name)
+        convs = [m for m in unit.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+        last: list[nn.Conv2d | nn.ConvTranspose2d]
+        if isinstance(unit, ResBlock):
+            last = [unit.unit2.conv]
+        elif isinstance(unit, PreActivation):
+            last = [unit.conv]
+        elif isinstance(unit, nn.Conv2d | nn.ConvTranspose2d):
+            last = [unit]
+        else:
+            last = []
+        for conv in convs if every_conv else last:
+            if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+                continue
+            conv.__class__ = (RoutedConvTranspose2d if isinstance(conv, nn.ConvTranspose2d)
+                              else RoutedConv2d)
 
 
 def _rows(mask: Tensor, device: torch.device) -> Tensor:
@@ -139,6 +254,8 @@ class SpotTUNet(nn.Module):
         self.gate_draws: GateDraws = gate_draws
         self.frozen = copy.deepcopy(base).requires_grad_(False).eval()
         self.trainable = copy.deepcopy(base).requires_grad_(True)
+        _route_backward(self.trainable, every_conv=False)
+        _route_backward(self.frozen, every_conv=frozen_norm == "source")
         self.gate_names: list[str] = [spec.name for spec in base.units]
         self.gate_stages: list[str] = [spec.stage for spec in base.units]
         self._gate_index = {name: i for i, name in enumerate(self.gate_names)}
@@ -217,9 +334,14 @@ class SpotTUNet(nn.Module):
                 return _route(h, chosen, trainable, frozen)
         # The policy's gradient needs both twins' outputs for every slice. A twin no slice chose
         # gets no gradient: its output feeds the policy's alone, so it runs without autograd.
-        with torch.set_grad_enabled(not all_frozen):
+        # Where the batch is split, each twin's routed convolutions back-propagate only the
+        # slices that chose it (_RoutedConvolution).
+        rows_t = rows_f = None
+        if not (all_trainable or all_frozen):
+            rows_t, rows_f = _rows(chosen, h.device), _rows(~chosen, h.device)
+        with torch.set_grad_enabled(not all_frozen), _routed(rows_t):
             t_out = trainable(h)
-        with torch.set_grad_enabled(not all_trainable):
+        with torch.set_grad_enabled(not all_trainable), _routed(rows_f):
             f_out = frozen(h)
         out: Tensor = _GateMix.apply(f_out.to(t_out.dtype), t_out, g, all_trainable, all_frozen)
         return out

@@ -10,7 +10,7 @@ from spottune.contract import POLICY_KINDS, PolicyKind
 from spottune.ml.loop import nesterov_sgd, train_step
 from spottune.ml.network import UNet
 from spottune.ml.policy import GlobalPolicy, sample_gates
-from spottune.ml.spottune import SpotTUNet, _GateMix
+from spottune.ml.spottune import SpotTUNet, _GateMix, _RoutedConvolution
 
 
 def tiny_base(seed: int = 0) -> UNet:
@@ -287,3 +287,30 @@ def test_a_neutral_instance_policy_starts_undecided_and_learns_to_lean() -> None
         optimizer.step()
     after = trainable_probability(model.gate_logits(x))
     assert after.mean() < 0.45
+
+
+@pytest.mark.parametrize("frozen_norm", ["source", "target"])
+def test_split_batches_back_propagate_each_slice_through_its_twin_only(
+    frozen_norm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a gate splits the batch, each twin's routed convolutions back-propagate only the
+    slices that chose that twin (the gradients stay those of the plain expression: see above)."""
+    model = _perturbed(SpotTUNet(tiny_base(), "instance", frozen_norm=frozen_norm),  # type: ignore[arg-type]
+                       3).train()
+    seen: list[int] = []
+    backward = _RoutedConvolution.backward
+
+    def spy(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:  # type: ignore[type-arg]
+        seen.append(int(ctx.saved_tensors[2].numel()))  # type: ignore[attr-defined]
+        return backward(ctx, grad)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_RoutedConvolution, "backward", staticmethod(spy))
+    torch.manual_seed(7)
+    x = torch.rand(8, 1, 32, 32)
+    logits, gates = model.forward_with_gates(x)
+    F.binary_cross_entropy_with_logits(logits, (x > 0.5).float()).backward()
+    per_gate = gates.detach().sum(0).long().tolist()
+    split = {n for n in per_gate if 0 < n < 8} | {8 - n for n in per_gate if 0 < n < 8}
+    assert seen, "no convolution back-propagated a part of the batch"
+    assert set(seen) <= split  # every routed backward ran on one twin's share of the slices
+    assert max(seen) < 8
