@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the whole-process comparison with deepbet")
     parser.add_argument("--process-only", action="store_true",
                         help="only the whole-process comparison with deepbet")
+    parser.add_argument("--training-only", action="store_true",
+                        help="only the training steps")
     parser.add_argument("--deepbet-env", type=Path, default=ROOT / "bench" / ".deepbet-venv",
                         help="deepbet's own environment (made on first use)")
     args = parser.parse_args(argv)
@@ -148,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     for device in devices if not args.process_only else []:
         if not args.skip_training:
             result["training"] += bench_training(device, args.quick)
-        result["inference"][device.type] = bench_inference(
-            device, args.quick, args.data, checkpoint
-        )
-    if not args.skip_process and (args.data / "manifest.json").is_file():
+        if not args.training_only:
+            result["inference"][device.type] = bench_inference(
+                device, args.quick, args.data, checkpoint
+            )
+    if (not args.skip_process and not args.training_only
+            and (args.data / "manifest.json").is_file()):
         log.info("model for the whole processes: %s",
                  speed_model(args.data, checkpoint, args.quick)[2])
         result["whole_process"] = bench_processes(

@@ -22,9 +22,12 @@ from spottune.ml.network import UNet
 from spottune.ml.spottune import SpotTUNet
 
 log = logging.getLogger("bench.speed")
-TRAIN_METHODS = ("finetune-all", "spottune-instance", "spottune-instance:target", "spottune-global")
+TRAIN_METHODS = ("finetune-all", "spottune-instance", "spottune-instance:target",
+                 "spottune-instance:target:unrouted", "spottune-global")
 """Steps timed; `:target` - frozen twins normalise with batch statistics (frozen_norm "target"),
-so they must see the whole batch; otherwise "source" (SpotTUNet's own default)."""
+so they must see the whole batch; otherwise "source" (SpotTUNet's own default). `:unrouted` - as
+before routed backward passes: every slice back-propagates through both twins' every convolution
+(SpotTUNet(route_backward=False)), the same-run baseline of that change."""
 
 
 def make_step(
@@ -39,10 +42,12 @@ def make_step(
         optimizers = [nesterov_sgd([p for p in model.parameters() if p.requires_grad], 1e-3)]
         lambda_reg = 0.0
     else:
-        name, _, frozen_norm = method.partition(":")
+        name, _, variant = method.partition(":")
+        frozen_norm, _, routing = variant.partition(":")
         policy = name.split("-", 1)[1]
         spot = SpotTUNet(base, policy, 0.1,  # type: ignore[arg-type]
-                         frozen_norm=frozen_norm or "source").to(device)  # type: ignore[arg-type]
+                         frozen_norm=frozen_norm or "source",  # type: ignore[arg-type]
+                         route_backward=routing != "unrouted").to(device)
         spot.train()
         optimizers = [
             nesterov_sgd(list(spot.trainable.parameters()), 1e-3),

@@ -246,6 +246,7 @@ class SpotTUNet(nn.Module):
         frozen_norm: FrozenNorm = "source",
         gate_draws: GateDraws = "batch",
         policy_start: PolicyStart = "random",
+        route_backward: bool = True,
     ):
         super().__init__()
         self.policy_kind: PolicyKind = "global" if isinstance(policy, Tensor) else policy
@@ -254,8 +255,9 @@ class SpotTUNet(nn.Module):
         self.gate_draws: GateDraws = gate_draws
         self.frozen = copy.deepcopy(base).requires_grad_(False).eval()
         self.trainable = copy.deepcopy(base).requires_grad_(True)
-        _route_backward(self.trainable, every_conv=False)
-        _route_backward(self.frozen, every_conv=frozen_norm == "source")
+        if route_backward:  # False: every slice back-propagates through both twins (bench)
+            _route_backward(self.trainable, every_conv=False)
+            _route_backward(self.frozen, every_conv=frozen_norm == "source")
         self.gate_names: list[str] = [spec.name for spec in base.units]
         self.gate_stages: list[str] = [spec.stage for spec in base.units]
         self._gate_index = {name: i for i, name in enumerate(self.gate_names)}
