@@ -166,11 +166,15 @@ def policy_agreement(runs: Sequence[dict], method: str = "spottune") -> dict[str
     and same seed and budget across target sites (both among replicate-0 runs, so they mean what
     they meant before replicates); and same pair, fold, seed and budget across replicates (only
     the adaptation seed differs: the service's `replicates` confidence). The `frequency_*` fields
-    are the same over the per-gate fine-tune frequencies (None where no run has them)."""
+    are the same over the per-gate fine-tune frequencies (None where no run has them). The
+    same-site pairs are also split by fold (`same_site_same_fold`: the same training subject,
+    slices and held-out head, another seed of source model, oracle and adaptation - what
+    `--seeds-per-fold` adds; `same_site_other_fold`: another head held out and trained on)."""
     chosen = [r for r in runs if r["method"] == method and r.get("probability")]
     # (comparison, readout) -> one Spearman correlation per pair of runs
     found: dict[tuple[str, str], list[float]] = {
-        (comparison, readout): [] for comparison in ("same", "across", "replicates")
+        (comparison, readout): []
+        for comparison in ("same", "same_fold", "other_fold", "across", "replicates")
         for readout in ("probability", "frequency")}
     for a, b in itertools.combinations(chosen, 2):
         if a["budget"] != b["budget"]:
@@ -194,6 +198,9 @@ def policy_agreement(runs: Sequence[dict], method: str = "spottune") -> dict[str
                 rho = rank_agreement(a[readout], b[readout])
                 if rho is not None:
                     found[comparison, readout].append(rho)
+                    if comparison == "same":
+                        fold = "same_fold" if a.get("fold") == b.get("fold") else "other_fold"
+                        found[fold, readout].append(rho)
 
     def mean(comparison: str, readout: str) -> float | None:
         values = found[comparison, readout]
@@ -205,6 +212,10 @@ def policy_agreement(runs: Sequence[dict], method: str = "spottune") -> dict[str
     return {"same_site_across_seeds": mean("same", "probability"),
             "across_sites": mean("across", "probability"),
             "n_same_site": n("same", "probability"), "n_across_sites": n("across", "probability"),
+            "same_site_same_fold": mean("same_fold", "probability"),
+            "n_same_site_same_fold": n("same_fold", "probability"),
+            "same_site_other_fold": mean("other_fold", "probability"),
+            "n_same_site_other_fold": n("other_fold", "probability"),
             "same_source_across_replicates": mean("replicates", "probability"),
             "n_same_source": n("replicates", "probability"),
             "frequency_same_site_across_seeds": mean("same", "frequency"),

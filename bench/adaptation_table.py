@@ -75,6 +75,12 @@ def markdown_report(report: dict[str, Any], budgets: Sequence[Any], title: str) 
                 f"across seeds {_fmt(agreement['same_site_across_seeds'], 2)} "
                 f"(n = {agreement['n_same_site']}), across sites "
                 f"{_fmt(agreement['across_sites'], 2)} (n = {agreement['n_across_sites']})")
+        if agreement.get("n_same_site_same_fold"):
+            text += (f"; same site, same fold (training subject and held-out head), other "
+                     f"seeds {_fmt(agreement['same_site_same_fold'], 2)} "
+                     f"(n = {agreement['n_same_site_same_fold']}), other folds "
+                     f"{_fmt(agreement['same_site_other_fold'], 2)} "
+                     f"(n = {agreement['n_same_site_other_fold']})")
         if agreement.get("n_same_source"):
             text += (f", same source across replicates (only the adaptation seed differs) "
                      f"{_fmt(agreement['same_source_across_replicates'], 2)} "

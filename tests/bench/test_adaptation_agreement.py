@@ -129,3 +129,16 @@ def test_a_source_model_signature_shows_within_a_fold() -> None:
     assert result["other_pairs_same_fold"] == pytest.approx(1.0)
     assert result["same_pair_across_folds"] < 0.5
     assert result["other_pairs_across_folds"] == pytest.approx(result["same_pair_across_folds"])
+
+
+def test_same_site_pairs_are_split_by_fold() -> None:
+    """Seeds of one fold share the training subject and held-out head; other folds do not."""
+    runs = [run(UP, seed=0), run(UP, seed=1),  # same fold, other seed: +1
+            run(DOWN, fold=1, seed=2)]  # another fold: -1 against each of the two
+    result = policy_agreement(runs)
+    assert result["n_same_site"] == 3
+    assert result["same_site_same_fold"] == pytest.approx(1.0)
+    assert result["n_same_site_same_fold"] == 1
+    assert result["same_site_other_fold"] == pytest.approx(-1.0)
+    assert result["n_same_site_other_fold"] == 2
+    assert result["same_site_across_seeds"] == pytest.approx(-1 / 3)
