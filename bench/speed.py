@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # helper modules beside this file
 
-from speed_inference import bench_inference, speed_model  # noqa: E402
+from speed_inference import (  # noqa: E402
+    DEFAULT_CHECKPOINT,
+    bench_inference,
+    checkpoint_for,
+    speed_model,
+)
 from speed_process import bench_processes  # noqa: E402
 from speed_training import bench_training  # noqa: E402
 
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint",
         type=Path,
-        default=Path(tempfile.gettempdir()) / "spottune-speed-model.safetensors",
+        default=DEFAULT_CHECKPOINT,
         help="trained model for the BF16 check (trained and cached if missing)",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/)")
@@ -134,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         devices.append(torch.device("cuda"))
     if args.data.is_file():
         args.data = args.data.parent
-    checkpoint = args.checkpoint.with_name(
-        f"{args.checkpoint.stem}-{'data' if (args.data / 'manifest.json').is_file() else 'phantom'}"
-        f"{args.checkpoint.suffix}"
-    )
+    checkpoint = checkpoint_for(args.data, args.checkpoint)
     result: dict[str, Any] = {
         "machine": machine_info(),
         "mode": "quick" if args.quick else "full",
@@ -156,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     if (not args.skip_process and not args.training_only
             and (args.data / "manifest.json").is_file()):
-        log.info("model for the whole processes: %s",
-                 speed_model(args.data, checkpoint, args.quick)[2])
+        if not checkpoint.is_file():  # --process-only on a fresh machine: train it first
+            log.info("model for the whole processes: %s",
+                     speed_model(args.data, checkpoint, args.quick)[2])
         result["whole_process"] = bench_processes(
             args.data, checkpoint, 1 if args.quick else 3, args.deepbet_env,
             bf16=bf16_is_fast(devices[0]))

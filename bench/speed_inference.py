@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,6 +102,16 @@ def naive_segment(
             probs[s] = torch.sigmoid(logits)[0, 0, : stack.shape[1], : stack.shape[2]].cpu().numpy()
     mask = (restore_to_grid(prepared, probs) >= 0.5).astype(np.uint8)
     return keep_largest_component(mask)
+
+
+DEFAULT_CHECKPOINT = Path(tempfile.gettempdir()) / "spottune-speed-model.safetensors"
+
+
+def checkpoint_for(data_dir: Path, checkpoint: Path = DEFAULT_CHECKPOINT) -> Path:
+    """Where the speed model for `data_dir` is cached: one file for the benchmark heads, another
+    for the phantom used without them."""
+    kind = "data" if (data_dir / "manifest.json").is_file() else "phantom"
+    return checkpoint.with_name(f"{checkpoint.stem}-{kind}{checkpoint.suffix}")
 
 
 def speed_model(data_dir: Path, checkpoint: Path, quick: bool) -> tuple[UNet, ModelConfig, str]:

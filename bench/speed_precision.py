@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from speed_inference import speed_model  # noqa: E402
+from speed_inference import checkpoint_for, speed_model  # noqa: E402
 
 from spottune.data.manifest import read_manifest  # noqa: E402
 from spottune.ml.inference import (  # noqa: E402
@@ -50,7 +49,6 @@ from spottune.ml.volumes import load_volume  # noqa: E402
 log = logging.getLogger("bench.precision")
 BANDS = (0.02, 0.05, 0.1)
 TOLERANCE = 0.0005
-SPEED_MODEL = Path(tempfile.gettempdir()) / "spottune-speed-model-data.safetensors"
 
 
 def slices_to_check(uncertain: np.ndarray, budget: float) -> int:
@@ -94,8 +92,9 @@ def scan_row(fp32: OpenVinoUNet, bf16: OpenVinoUNet, image: np.ndarray) -> dict[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "bench")
-    parser.add_argument("--checkpoint", type=Path, default=SPEED_MODEL,
-                        help="the speed benchmark's model (trained and cached if missing)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="the speed benchmark's model (trained and cached if missing) "
+                             "[bench/speed.py's]")
     parser.add_argument("--scans", type=int, default=10, help="scans, spread over the sites")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -105,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if not bf16_is_fast(torch.device("cpu")):
         print("this CPU has no native BF16: nothing to measure")
         return 0
-    model, config, how = speed_model(args.data, args.checkpoint, quick=False)
+    checkpoint = args.checkpoint or checkpoint_for(args.data)
+    model, config, how = speed_model(args.data, checkpoint, quick=False)
     log.info("model: %s", how)
     fp32, bf16 = OpenVinoUNet(model.eval(), bf16=False), OpenVinoUNet(model, bf16=True)
     manifest = read_manifest(args.data)

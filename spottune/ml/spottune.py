@@ -148,17 +148,16 @@ class _Routed:
     runs on those rows only (_RoutedConvolution); otherwise the plain convolution."""
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:  # noqa: A002
-        conv = cast(nn.Conv2d | nn.ConvTranspose2d, self)
         rows = _ROUTED_ROWS.get()
-        x = input
-        if rows is None or not torch.is_grad_enabled() or output_size is not None:
-            if output_size is not None:
-                return super().forward(x, output_size)  # type: ignore[misc]
-            return super().forward(x)  # type: ignore[misc]
+        if output_size is not None:  # a transposed convolution asked for another output size
+            return super().forward(input, output_size)  # type: ignore[misc]
+        if rows is None or not torch.is_grad_enabled():
+            return super().forward(input)  # type: ignore[misc]
+        conv = cast(nn.Conv2d | nn.ConvTranspose2d, self)
         transposed = isinstance(conv, nn.ConvTranspose2d)
         args = (conv.stride, conv.padding, conv.dilation, transposed,
                 conv.output_padding if transposed else (0, 0), conv.groups)
-        out: Tensor = _RoutedConvolution.apply(x, conv.weight, conv.bias, rows, args)
+        out: Tensor = _RoutedConvolution.apply(input, conv.weight, conv.bias, rows, args)
         return out
 
 
