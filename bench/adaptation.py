@@ -43,6 +43,7 @@ from adaptation_stats import (  # noqa: E402
     plateau,
     policy_agreement,
     policy_signature,
+    policy_variance,
     replicate_spread,
     summarise,
 )
@@ -285,6 +286,9 @@ def write_results(units: list[dict[str, Any]], cache: Path, data: Data, profile:
         "policy_agreement": agreement.get("spottune", policy_agreement([], "spottune")),
         "policy_agreement_by_method": agreement,
         "policy_signature_by_method": {m: policy_signature(runs, m) for m in gated},
+        "policy_variance_by_method": {m: {"probability": policy_variance(runs, m),
+                                          "pattern": policy_variance(runs, m, pattern=True)}
+                                      for m in gated},
         "plateau": plateau(runs),
         "replicate_spread": replicate_spread(runs), "runs": runs,
     }

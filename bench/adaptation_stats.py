@@ -304,3 +304,68 @@ def plateau(runs: Sequence[dict]) -> list[dict[str, Any]]:
             groups[(r["method"], r["budget"])].append(float((before - last) / max(before, 1e-8)))
     return [{"method": m, "budget": b, "loss_drop_last_quarter": float(np.mean(v)),
              "runs": len(v)} for (m, b), v in groups.items()]
+
+
+
+def policy_variance(runs: Sequence[dict], method: str = "spottune", pattern: bool = False,
+                    permutations: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """What the per-gate probabilities answer to, with the source model held apart: a two-way
+    decomposition (no replication) of their variance into the pair's target site, the source
+    model (fold and seed: one source model, training head and held-out head) and the rest (site x
+    source interaction and the adaptation's own noise). Per budget over the source models that
+    have a replicate-0 run for every pair; sums of squares pooled over gates and budgets.
+
+    `site_chance` is the site's mean share when each source model's runs are shuffled across the
+    pairs (one shuffle per source model, the same at every budget, since a source model's runs
+    for one pair share its training subject); `p_site` is the share of shuffles at or above the
+    observed share. A policy that is a fingerprint of the scanner has a site share well above its
+    chance level. With `pattern`, each run's probabilities are first centred on their own mean
+    over gates: what is left is where the run fine-tunes, not how much."""
+    by_budget: dict[Any, dict[tuple[Any, Any], dict[tuple[str, str], np.ndarray]]] = (
+        defaultdict(lambda: defaultdict(dict)))
+    for r in runs:
+        if r["method"] == method and r.get("probability") and r.get("replicate", 0) == 0:
+            values = np.asarray(r["probability"], dtype=float)
+            source, pair = (r.get("fold"), r["seed"]), (r["source_site"], r["target_site"])
+            by_budget[r["budget"]][source][pair] = values - values.mean() if pattern else values
+    pairs = sorted({pair for sources in by_budget.values() for per in sources.values()
+                    for pair in per})
+    # budget -> (source models with every pair, their [source, pair, gate] probabilities)
+    blocks: list[tuple[Any, list[tuple[Any, Any]], np.ndarray]] = []
+    # budgets in the profile's order: slice counts ascending, then "volume"
+    for budget in sorted(by_budget, key=lambda b: (isinstance(b, str), str(b).zfill(9))):
+        sources = by_budget[budget]
+        complete = [key for key in sorted(sources, key=str) if len(sources[key]) == len(pairs)]
+        if len(pairs) >= 2 and len(complete) >= 2:
+            blocks.append((budget, complete,
+                           np.array([[sources[k][p] for p in pairs] for k in complete])))
+    out: dict[str, Any] = {"site": None, "source_model": None, "residual": None,
+                           "site_chance": None, "p_site": None, "pairs": len(pairs),
+                           "source_models": 0, "budgets": [str(b) for b, _, _ in blocks]}
+
+    def squares(x: np.ndarray) -> tuple[float, float, float]:
+        """(site, source model, total) sums of squares of one [source, pair, gate] block."""
+        centred = x - x.mean(axis=(0, 1))
+        site = x.shape[0] * float((centred.mean(axis=0) ** 2).sum())
+        source = x.shape[1] * float((centred.mean(axis=1) ** 2).sum())
+        return site, source, float((centred ** 2).sum())
+
+    totals = [squares(x) for _, _, x in blocks]
+    total = sum(t for _, _, t in totals)
+    if not blocks or total <= 0:
+        return out
+    site, source = sum(s for s, _, _ in totals), sum(s for _, s, _ in totals)
+    keys = sorted({key for _, complete, _ in blocks for key in complete}, key=str)
+    rng = np.random.default_rng(seed)
+    shuffled = np.empty(permutations)
+    for i in range(permutations):
+        order = {key: rng.permutation(len(pairs)) for key in keys}
+        shuffled[i] = sum(squares(np.stack([x[row, order[key]] for row, key
+                                            in enumerate(complete)]))[0]
+                          for _, complete, x in blocks) / total
+    share = site / total
+    out.update(site=share, source_model=source / total, residual=(total - site - source) / total,
+               site_chance=float(shuffled.mean()),
+               p_site=float((1 + np.sum(shuffled >= share - 1e-12)) / (1 + permutations)),
+               source_models=len(keys))
+    return out

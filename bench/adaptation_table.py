@@ -97,6 +97,19 @@ def markdown_report(report: dict[str, Any], budgets: Sequence[Any], title: str) 
                 f"pairs across folds {_fmt(sig['other_pairs_across_folds'], 2)} "
                 f"(n = {sig['n_other_pairs']}), other pairs in the same fold (same source model) "
                 f"{_fmt(sig['other_pairs_same_fold'], 2)} (n = {sig['n_other_pairs_same_fold']}).")
+    for name, parts in report.get("policy_variance_by_method", {}).items():
+        whole, where = parts["probability"], parts["pattern"]
+        if whole.get("site") is None:
+            continue
+        lines.append(
+            f"Policy variance ({name}, per-gate probabilities over {whole['source_models']} "
+            f"source models x {whole['pairs']} pairs, budgets {', '.join(whole['budgets'])}): "
+            f"target site {_fmt(whole['site'], 2)} (chance {_fmt(whole['site_chance'], 2)}, "
+            f"p = {whole['p_site']:.3f}), source model {_fmt(whole['source_model'], 2)}, rest "
+            f"{_fmt(whole['residual'], 2)}; where it fine-tunes (each run centred on its own "
+            f"mean): site {_fmt(where['site'], 2)} (chance {_fmt(where['site_chance'], 2)}, "
+            f"p = {where['p_site']:.3f}), source model {_fmt(where['source_model'], 2)}, rest "
+            f"{_fmt(where['residual'], 2)}.")
     for s in report.get("replicate_spread", []):
         by = ", ".join(f"{r}: {v:.3f}" for r, v in s["test_sdice_by_replicate"].items())
         lines.append(f"Replicates ({s['method']}, {s['budget']} slices): mean test sDice by "

@@ -184,7 +184,7 @@ def render_report_html(
     and per-gate table, replicate agreement, training curve, before/after metrics on validation
     and target scans, overlay images; all embedded, every text from the caller escaped."""
     from spottune.ml.readout import stage_summary, where_the_shift_lives
-    from spottune.ml.replicates import agreement_verdict
+    from spottune.ml.replicates import agreement_verdict, scanner_evidence
 
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if policy is not None:
@@ -207,6 +207,8 @@ def render_report_html(
                   f"<p>{html.escape(agreement_verdict(agreement, len(replicates['seeds'])))}</p>"]
     elif policy is not None:
         parts += [f"<p>{html.escape(agreement_verdict(None, 1))}</p>"]
+    if policy is not None:
+        parts += [f"<p>{html.escape(scanner_evidence(policy.policy))}</p>"]
     if validation_table:
         parts += ["<h2>Validation scans (annotated, not trained on): before and after</h2>",
                   _table(validation_table)]

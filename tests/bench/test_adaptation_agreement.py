@@ -6,12 +6,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 # the benchmark's helper modules import each other by bare name, as bench/adaptation.py does
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from adaptation_stats import policy_agreement, policy_signature, replicate_spread  # noqa: E402
+from adaptation_stats import (  # noqa: E402
+    policy_agreement,
+    policy_signature,
+    policy_variance,
+    replicate_spread,
+)
 
 UP = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
 DOWN = UP[::-1]
@@ -142,3 +148,57 @@ def test_same_site_pairs_are_split_by_fold() -> None:
     assert result["same_site_other_fold"] == pytest.approx(-1.0)
     assert result["n_same_site_other_fold"] == 2
     assert result["same_site_across_seeds"] == pytest.approx(-1 / 3)
+
+
+SITES = ("b", "c", "d")
+
+
+def crossed(probability: Any, budgets: tuple[Any, ...] = (5, 12)) -> list[dict[str, Any]]:
+    """Replicate-0 runs for 3 source models (fold f, seed f) x 3 target sites at each budget,
+    each run's per-gate probabilities given by probability(fold, site index)."""
+    return [run(list(probability(fold, i)), target=site, fold=fold, seed=fold, budget=budget)
+            for budget in budgets for fold in range(3) for i, site in enumerate(SITES)]
+
+
+def test_a_site_signature_is_told_apart_from_the_source_model() -> None:
+    # the probabilities follow the target site, the source model only adds a constant shift:
+    # the site explains the pattern, the source model the level, nothing is left over
+    runs = crossed(lambda fold, i: np.roll(UP, 2 * i) + 0.05 * fold)
+    whole = policy_variance(runs)
+    assert whole["pairs"] == 3 and whole["source_models"] == 3 and whole["budgets"] == ["5", "12"]
+    assert whole["site"] + whole["source_model"] + whole["residual"] == pytest.approx(1.0)
+    assert whole["residual"] == pytest.approx(0.0, abs=1e-12)
+    assert whole["site"] > 0.9 and whole["site"] > whole["site_chance"] + 0.5
+    assert whole["p_site"] < 0.05
+    where = policy_variance(runs, pattern=True)  # each run centred: the source's shift is gone
+    assert where["site"] == pytest.approx(1.0) and where["source_model"] == pytest.approx(0.0)
+
+
+def test_a_source_model_preference_is_not_a_site_signature() -> None:
+    # the order follows the source model whatever the site (what the Spearman comparison across
+    # sites, which pairs runs of one source model, would read as sites agreeing)
+    orders = [UP, DOWN, OTHER]
+    runs = crossed(lambda fold, i: orders[fold])
+    result = policy_variance(runs)
+    assert result["site"] == pytest.approx(0.0, abs=1e-12)
+    assert result["source_model"] == pytest.approx(1.0)
+    assert result["p_site"] == pytest.approx(1.0)  # every shuffle does at least as well
+    assert policy_agreement(runs)["across_sites"] == pytest.approx(1.0)
+
+
+def test_noise_sits_at_the_chance_level() -> None:
+    rng = np.random.default_rng(3)
+    noise = {(fold, i, b): rng.random(len(UP)) for fold in range(3) for i in range(3)
+             for b in (5, 12)}
+    runs = [run(list(noise[fold, i, b]), target=site, fold=fold, seed=fold, budget=b)
+            for b in (5, 12) for fold in range(3) for i, site in enumerate(SITES)]
+    result = policy_variance(runs, permutations=500)
+    assert result["p_site"] > 0.05
+    assert abs(result["site"] - result["site_chance"]) < 0.2
+
+
+def test_incomplete_source_models_are_left_out() -> None:
+    runs = crossed(lambda fold, i: np.roll(UP, 2 * i))
+    runs.append(run(UP, target="b", fold=3, seed=3, budget=5))  # one pair only: not a block
+    assert policy_variance(runs)["source_models"] == 3
+    assert policy_variance(runs[:3] + runs[-1:])["site"] is None  # one source model: nothing

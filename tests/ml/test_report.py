@@ -68,3 +68,19 @@ def test_html_is_self_contained_and_escaped(record: PolicyRecord) -> None:
     for name in record.gate_names:
         assert name in page
     assert "0.9123" in page and "n/a" in page
+
+
+def test_the_report_says_what_each_policy_kind_shows_of_the_scanner(record: PolicyRecord) -> None:
+    def page(policy: str) -> str:
+        record.policy = policy
+        return render_report_html(title="site B", policy=record, history=[], metrics_table=None,
+                                  overlays=[])
+
+    instance, global_ = page("instance"), page("global")
+    assert "instance policy&#x27;s per-gate ranking barely follows the scanner" in instance
+    assert "global policy&#x27;s ranking follows the scanner" in global_
+    assert "global policy&#x27;s ranking follows" not in instance
+    # no policy (a plain fine-tuning job): nothing is said about one
+    plain = render_report_html(title="site B", policy=None, history=[], metrics_table=None,
+                               overlays=[])
+    assert "follows the scanner" not in plain
