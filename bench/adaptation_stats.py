@@ -232,6 +232,13 @@ SIGNATURE_COUNTS = {"same_pair_across_folds": "n_same_pair",
 """policy_signature's comparisons: mean correlation field -> its count field."""
 
 
+def first_replicates(runs: Sequence[dict], method: str) -> list[dict]:
+    """The method's replicate-0 runs that have a policy readout (what runs without replicates
+    were, so figures over them mean what they meant before replicates)."""
+    return [r for r in runs
+            if r["method"] == method and r.get("probability") and r.get("replicate", 0) == 0]
+
+
 def policy_signature(runs: Sequence[dict], method: str = "spottune") -> dict[str, Any]:
     """Whether a scanner's signature shows once a fold's runs are averaged: per (pair, fold), the
     mean per-gate probability over its budgets (replicate 0), then the mean Spearman correlation
@@ -240,9 +247,8 @@ def policy_signature(runs: Sequence[dict], method: str = "spottune") -> dict[str
     model and training head). A scanner's signature shows as same-pair agreement clearly above
     both; the source model's, as other pairs within a fold above other pairs across folds."""
     groups: dict[tuple[str, str, Any], list[list[float]]] = defaultdict(list)
-    for r in runs:
-        if r["method"] == method and r.get("probability") and r.get("replicate", 0) == 0:
-            groups[(r["source_site"], r["target_site"], r.get("fold"))].append(r["probability"])
+    for r in first_replicates(runs, method):
+        groups[(r["source_site"], r["target_site"], r.get("fold"))].append(r["probability"])
     means = {key: np.mean(values, axis=0).tolist() for key, values in groups.items()}
     found: dict[str, list[float]] = {name: [] for name in SIGNATURE_COUNTS}
     for a, b in itertools.combinations(sorted(means, key=str), 2):
@@ -323,17 +329,17 @@ def policy_variance(runs: Sequence[dict], method: str = "spottune", pattern: boo
     over gates: what is left is where the run fine-tunes, not how much."""
     by_budget: dict[Any, dict[tuple[Any, Any], dict[tuple[str, str], np.ndarray]]] = (
         defaultdict(lambda: defaultdict(dict)))
-    for r in runs:
-        if r["method"] == method and r.get("probability") and r.get("replicate", 0) == 0:
-            values = np.asarray(r["probability"], dtype=float)
-            source, pair = (r.get("fold"), r["seed"]), (r["source_site"], r["target_site"])
-            by_budget[r["budget"]][source][pair] = values - values.mean() if pattern else values
+    for r in first_replicates(runs, method):
+        values = np.asarray(r["probability"], dtype=float)
+        source, pair = (r.get("fold"), r["seed"]), (r["source_site"], r["target_site"])
+        by_budget[r["budget"]][source][pair] = values - values.mean() if pattern else values
     pairs = sorted({pair for sources in by_budget.values() for per in sources.values()
                     for pair in per})
     # budget -> (source models with every pair, their [source, pair, gate] probabilities)
     blocks: list[tuple[Any, list[tuple[Any, Any]], np.ndarray]] = []
     # budgets in the profile's order: slice counts ascending, then "volume"
-    for budget in sorted(by_budget, key=lambda b: (isinstance(b, str), str(b).zfill(9))):
+    for budget in sorted(by_budget, key=lambda b: (isinstance(b, str), 0 if isinstance(b, str)
+                                                   else b)):
         sources = by_budget[budget]
         complete = [key for key in sorted(sources, key=str) if len(sources[key]) == len(pairs)]
         if len(pairs) >= 2 and len(complete) >= 2:
